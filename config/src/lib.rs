@@ -1,0 +1,11 @@
+//! kiln-config: the trusted pool's configuration (peers, volumes, bricks,
+//! options, brick ports) as a deterministic state machine (`model`), and the
+//! store that replicates it to every server (`ConfigStore`).
+
+pub mod model;
+pub mod store;
+
+pub use model::{
+    BrickEntry, Command, ConfigError, PeerInfo, PoolConfig, VolumeConfig, VolumeStatus,
+};
+pub use store::{ConfigStore, StoreError};

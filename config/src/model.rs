@@ -1,0 +1,245 @@
+//! The pool configuration and the commands that change it. `PoolConfig::apply`
+//! is deterministic: every server applies the same committed commands in the
+//! same order and ends with the same config.
+
+use kiln_core::graph::{BrickSpec, VolumeKind, VolumeSpec};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A server of the trusted pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// The server's UUID (made at its first start, kept in its state dir).
+    pub uuid: String,
+    /// The Raft node id derived from it.
+    pub raft_id: u64,
+    /// The host name it was probed by (or its own, for the first server).
+    pub hostname: String,
+    /// Its management address, `HOST:PORT`.
+    pub mgmt_addr: String,
+}
+
+/// Lifecycle state of a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VolumeStatus {
+    /// Created, never started.
+    Created,
+    /// Started: its bricks should run.
+    Started,
+    /// Stopped.
+    Stopped,
+}
+
+impl VolumeStatus {
+    /// As `volume info` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeStatus::Created => "Created",
+            VolumeStatus::Started => "Started",
+            VolumeStatus::Stopped => "Stopped",
+        }
+    }
+}
+
+/// One brick of a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrickEntry {
+    /// Host name as given to `volume create`.
+    pub host: String,
+    /// Brick directory.
+    pub path: String,
+    /// UUID of the peer that owns it.
+    pub peer_uuid: String,
+    /// Port handed out to its brick process (0 until first start).
+    pub port: u16,
+}
+
+/// A volume's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeConfig {
+    /// Name.
+    pub name: String,
+    /// Volume id (UUID).
+    pub id: String,
+    /// Type.
+    pub kind: VolumeKind,
+    /// Transport (`tcp`).
+    pub transport: String,
+    /// Lifecycle state.
+    pub status: VolumeStatus,
+    /// Bricks, in order.
+    pub bricks: Vec<BrickEntry>,
+    /// Options set with `volume set`.
+    pub options: BTreeMap<String, String>,
+    /// Bumped on every change (clients refetch the graph).
+    pub generation: u64,
+}
+
+impl VolumeConfig {
+    /// The spec clients build their graph from.
+    pub fn spec(&self) -> VolumeSpec {
+        VolumeSpec {
+            name: self.name.clone(),
+            id: self.id.clone(),
+            kind: self.kind,
+            bricks: self
+                .bricks
+                .iter()
+                .enumerate()
+                .map(|(i, b)| BrickSpec {
+                    subvol: format!("{}-client-{}", self.name, i),
+                    host: b.host.clone(),
+                    path: b.path.clone(),
+                    port: b.port,
+                })
+                .collect(),
+            options: self.options.clone(),
+            generation: self.generation,
+        }
+    }
+}
+
+/// The whole replicated configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolConfig {
+    /// Servers, by UUID.
+    pub peers: BTreeMap<String, PeerInfo>,
+    /// Volumes, by name.
+    pub volumes: BTreeMap<String, VolumeConfig>,
+}
+
+/// A change to the configuration (the Raft log's entries).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A server joined (peer probe).
+    AddPeer(PeerInfo),
+    /// A server left (peer detach).
+    RemovePeer {
+        /// Its UUID.
+        uuid: String,
+    },
+    /// A new volume.
+    CreateVolume(VolumeConfig),
+    /// Start/stop.
+    SetVolumeStatus {
+        /// Volume.
+        name: String,
+        /// New state.
+        status: VolumeStatus,
+    },
+    /// Remove a volume.
+    DeleteVolume {
+        /// Volume.
+        name: String,
+    },
+    /// `volume set` (value `None` = `volume reset`).
+    SetOption {
+        /// Volume.
+        name: String,
+        /// Option key.
+        key: String,
+        /// New value, or none to reset.
+        value: Option<String>,
+    },
+    /// The port a brick process listens on.
+    SetBrickPort {
+        /// Volume.
+        name: String,
+        /// Brick index.
+        index: usize,
+        /// Port.
+        port: u16,
+    },
+}
+
+/// Why a command cannot be applied (checked again at apply time, so a
+/// command that raced another one fails cleanly on every server alike).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ConfigError {
+    /// `Volume NAME does not exist`.
+    #[error("Volume {0} does not exist")]
+    NoSuchVolume(String),
+    /// `Volume NAME already exists`.
+    #[error("Volume {0} already exists")]
+    VolumeExists(String),
+    /// Peer not in pool.
+    #[error("{0} is not a part of the cluster")]
+    NoSuchPeer(String),
+    /// Peer still has bricks.
+    #[error("Peer {0} hosts one or more bricks. If the peer is in not recoverable state then use either replace-brick or remove-brick command with force to remove all bricks from the peer and attempt the peer detach again.")]
+    PeerHasBricks(String),
+    /// Bad state transition or argument.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl PoolConfig {
+    /// Applies one committed command.
+    pub fn apply(&mut self, cmd: &Command) -> Result<(), ConfigError> {
+        match cmd {
+            Command::AddPeer(p) => {
+                self.peers.insert(p.uuid.clone(), p.clone());
+            }
+            Command::RemovePeer { uuid } => {
+                let peer = self
+                    .peers
+                    .get(uuid)
+                    .ok_or_else(|| ConfigError::NoSuchPeer(uuid.clone()))?;
+                if self
+                    .volumes
+                    .values()
+                    .any(|v| v.bricks.iter().any(|b| &b.peer_uuid == uuid))
+                {
+                    return Err(ConfigError::PeerHasBricks(peer.hostname.clone()));
+                }
+                self.peers.remove(uuid);
+            }
+            Command::CreateVolume(v) => {
+                if self.volumes.contains_key(&v.name) {
+                    return Err(ConfigError::VolumeExists(v.name.clone()));
+                }
+                self.volumes.insert(v.name.clone(), v.clone());
+            }
+            Command::SetVolumeStatus { name, status } => {
+                let v = self.volume_mut(name)?;
+                v.status = *status;
+                v.generation += 1;
+            }
+            Command::DeleteVolume { name } => {
+                let v = self.volume_mut(name)?;
+                if v.status == VolumeStatus::Started {
+                    return Err(ConfigError::Invalid(format!("Volume {name} has been started.Volume needs to be stopped before deletion.")));
+                }
+                self.volumes.remove(name);
+            }
+            Command::SetOption { name, key, value } => {
+                let v = self.volume_mut(name)?;
+                match value {
+                    Some(val) => v.options.insert(key.clone(), val.clone()),
+                    None => v.options.remove(key),
+                };
+                v.generation += 1;
+            }
+            Command::SetBrickPort { name, index, port } => {
+                let v = self.volume_mut(name)?;
+                let b = v.bricks.get_mut(*index).ok_or_else(|| {
+                    ConfigError::Invalid(format!("volume {name} has no brick {index}"))
+                })?;
+                b.port = *port;
+                v.generation += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn volume_mut(&mut self, name: &str) -> Result<&mut VolumeConfig, ConfigError> {
+        self.volumes
+            .get_mut(name)
+            .ok_or_else(|| ConfigError::NoSuchVolume(name.to_string()))
+    }
+
+    /// The peer with this host name, if any.
+    pub fn peer_by_host(&self, host: &str) -> Option<&PeerInfo> {
+        self.peers.values().find(|p| p.hostname == host)
+    }
+}

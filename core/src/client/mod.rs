@@ -1,0 +1,14 @@
+//! The one client library: a translator stack (`Xlator`) built from a volume
+//! spec, and `Volume`, the handle every gateway (FUSE, NFS, Swift, HDFS) uses.
+//!
+//! Stack today: `distribute` (DHT) over one `protocol` client per brick.
+
+pub mod distribute;
+pub mod fd;
+pub mod protocol;
+pub mod volume;
+pub mod xlator;
+
+pub use fd::Fd;
+pub use volume::Volume;
+pub use xlator::{Caller, Xlator};

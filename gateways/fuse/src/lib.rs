@@ -1,0 +1,1 @@
+//! kiln-fuse: the FUSE client (`kiln mount`, `mount.kiln`).

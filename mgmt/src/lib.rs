@@ -1,0 +1,1 @@
+//! kiln-mgmt: the management daemon (`kiln server`) and the CLI.

@@ -1,0 +1,1 @@
+//! The cluster harness: N Kiln servers in network namespaces.
