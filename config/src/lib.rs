@@ -8,4 +8,4 @@ pub mod store;
 pub use model::{
     BrickEntry, Command, ConfigError, PeerInfo, PoolConfig, VolumeConfig, VolumeStatus,
 };
-pub use store::{ConfigStore, StoreError};
+pub use store::{ConfigStore, MemoryStore, StoreError};
