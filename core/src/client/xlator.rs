@@ -48,6 +48,12 @@ pub trait Xlator: Send + Sync {
     /// This translator's name in the graph (e.g. `vol1-dht`, `vol1-client-0`).
     fn name(&self) -> &str;
 
+    /// False when this translator knows it cannot reach its brick(s) right now
+    /// (used to skip or refuse operations without waiting for a timeout).
+    fn is_up(&self) -> bool {
+        true
+    }
+
     /// Finds `loc`; the reply carries the asked `xattrs` when present.
     async fn lookup(&self, loc: &Loc, xattrs: &[String]) -> FsResult<Lookup>;
     /// Finds an inode by gfid alone (NFS handles, FUSE inode revalidation).

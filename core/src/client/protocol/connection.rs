@@ -1,0 +1,197 @@
+//! One live TCP connection to a brick: a writer task draining queued frames,
+//! a reader task matching replies to waiting calls by xid, and a pinger that
+//! declares the brick dead after `network.ping-timeout` of silence.
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::error::{FsError, FsResult};
+use crate::proto::{Frame, FrameCodec, FrameKind, Reply, Request};
+
+type Pending = HashMap<u64, oneshot::Sender<FsResult<(Reply, Bytes)>>>;
+
+/// A connected, handshaken brick connection.
+pub(crate) struct Connection {
+    label: String,
+    next_xid: AtomicU64,
+    pending: Mutex<Pending>,
+    tx: mpsc::Sender<Frame>,
+    dead: AtomicBool,
+    last_rx: Mutex<Instant>,
+    /// Fires when the connection dies.
+    closed: tokio::sync::Notify,
+}
+
+impl Connection {
+    /// Opens a connection to `addr` and starts its tasks (no handshake yet).
+    pub(crate) fn start(label: String, stream: TcpStream, ping_timeout: Duration) -> Arc<Connection> {
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<Frame>(1024);
+        let conn = Arc::new(Connection {
+            label,
+            next_xid: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            tx,
+            dead: AtomicBool::new(false),
+            last_rx: Mutex::new(Instant::now()),
+            closed: tokio::sync::Notify::new(),
+        });
+
+        // Writer: batch whatever is queued, flush once.
+        let c = conn.clone();
+        tokio::spawn(async move {
+            let mut sink = FramedWrite::new(wr, FrameCodec);
+            loop {
+                let first = tokio::select! {
+                    f = rx.recv() => f,
+                    _ = c.wait_closed() => None,
+                };
+                let Some(first) = first else { break };
+                if sink.feed(first).await.is_err() {
+                    break;
+                }
+                let mut ok = true;
+                while let Ok(more) = rx.try_recv() {
+                    if sink.feed(more).await.is_err() {
+                        ok = false;
+                        break;
+                    }
+                }
+                if !ok || sink.flush().await.is_err() {
+                    break;
+                }
+            }
+            c.kill("write failed");
+        });
+
+        // Reader: dispatch replies.
+        let c = conn.clone();
+        tokio::spawn(async move {
+            let mut stream = FramedRead::with_capacity(rd, FrameCodec, 256 * 1024);
+            loop {
+                let next = tokio::select! {
+                    n = stream.next() => n,
+                    _ = c.wait_closed() => break,
+                };
+                match next {
+                    Some(Ok(frame)) => {
+                        *c.last_rx.lock() = Instant::now();
+                        if frame.kind != FrameKind::Reply {
+                            c.kill("brick sent a request frame");
+                            break;
+                        }
+                        let waiter = c.pending.lock().remove(&frame.xid);
+                        if let Some(w) = waiter {
+                            let res = match frame.decode_reply() {
+                                Ok(Ok(rep)) => Ok((rep, frame.data)),
+                                Ok(Err(e)) => Err(e),
+                                Err(e) => Err(e),
+                            };
+                            let _ = w.send(res);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(brick = %c.label, "bad frame from brick: {e}");
+                        c.kill("bad frame");
+                        break;
+                    }
+                    None => {
+                        c.kill("connection closed by brick");
+                        break;
+                    }
+                }
+            }
+        });
+
+        // Pinger: a silent brick is dead after ping_timeout.
+        let c = Arc::downgrade(&conn);
+        tokio::spawn(async move {
+            let interval = (ping_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(c) = c.upgrade() else { break };
+                if c.is_dead() {
+                    break;
+                }
+                let silent = c.last_rx.lock().elapsed();
+                if silent > ping_timeout {
+                    tracing::error!(brick = %c.label, "no answer for {}s (network.ping-timeout): disconnecting", silent.as_secs());
+                    c.kill("ping timeout");
+                    break;
+                }
+                if silent >= interval {
+                    let c2 = c.clone();
+                    tokio::spawn(async move {
+                        let _ = c2.call(Request::Ping, Bytes::new()).await;
+                    });
+                }
+            }
+        });
+        conn
+    }
+
+    /// True once the connection is unusable.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    /// Waits until the connection dies.
+    pub(crate) async fn wait_closed(&self) {
+        loop {
+            let notified = self.closed.notified();
+            if self.is_dead() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Marks the connection dead and fails every waiting call with ENOTCONN.
+    pub(crate) fn kill(&self, why: &str) {
+        if self.dead.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::warn!(brick = %self.label, "disconnected: {why}");
+        let waiters: Vec<_> = self.pending.lock().drain().collect();
+        for (_, w) in waiters {
+            let _ = w.send(Err(FsError::NotConnected(self.label.clone())));
+        }
+        self.closed.notify_waiters();
+    }
+
+    /// Sends one request and waits for its reply.
+    pub(crate) async fn call(&self, req: Request, data: Bytes) -> FsResult<(Reply, Bytes)> {
+        if self.is_dead() {
+            return Err(FsError::NotConnected(self.label.clone()));
+        }
+        let xid = self.next_xid.fetch_add(1, Ordering::Relaxed);
+        let frame = Frame::request(xid, &req, data)?;
+        let (wtx, wrx) = oneshot::channel();
+        self.pending.lock().insert(xid, wtx);
+        if self.tx.send(frame).await.is_err() {
+            self.pending.lock().remove(&xid);
+            self.kill("writer gone");
+            return Err(FsError::NotConnected(self.label.clone()));
+        }
+        // The reader or `kill` always completes the waiter.
+        match wrx.await {
+            Ok(r) => r,
+            Err(_) => Err(FsError::NotConnected(self.label.clone())),
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.dead.store(true, Ordering::Release);
+    }
+}
