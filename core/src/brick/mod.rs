@@ -8,8 +8,25 @@
 //!   stamping, run by the management daemon on the brick's own server.
 //! - `BrickInfo` / `brick_info(path)` — what `volume status detail` shows.
 
+mod entry;
+pub mod format;
+mod info;
+mod inode;
+mod locks;
+mod ops;
+mod prepare;
+mod server;
+mod store;
+mod sys;
+mod xattrs;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+pub use info::{brick_info, BrickInfo};
+pub use prepare::prepare_brick_dir;
 
 /// How a brick process is started (`kiln brick ...`).
 #[derive(Debug, Clone)]
@@ -46,4 +63,121 @@ pub enum BrickPrepareError {
         /// What failed.
         err: std::io::Error,
     },
+}
+
+/// Why a brick process cannot serve.
+#[derive(Debug, thiserror::Error)]
+pub enum BrickError {
+    /// A file system call on the brick failed.
+    #[error("{path}: {err}")]
+    Io {
+        /// What was being accessed.
+        path: String,
+        /// What failed.
+        err: std::io::Error,
+    },
+    /// The brick root has no volume-id: never prepared, or the disk that
+    /// holds it is not mounted.
+    #[error(
+        "{0}: not a brick of any volume (no trusted.kiln.volume-id); is its file system mounted?"
+    )]
+    NotPrepared(String),
+    /// The brick belongs to another volume.
+    #[error("{path}: belongs to volume id {found}, not {expected}")]
+    VolumeIdMismatch {
+        /// The brick directory.
+        path: String,
+        /// The id this process was started for.
+        expected: String,
+        /// The id on disk.
+        found: String,
+    },
+    /// The volume id given on the command line is not a UUID.
+    #[error("invalid volume id {0:?}")]
+    BadVolumeId(String),
+    /// Written by a newer Kiln.
+    #[error("{path}: brick format {found} is newer than this Kiln understands ({supported})")]
+    NewerFormat {
+        /// The brick directory.
+        path: String,
+        /// Version on disk.
+        found: u8,
+        /// Newest version this build knows.
+        supported: u8,
+    },
+    /// The on-disk format is damaged.
+    #[error("{path}: {what}")]
+    Corrupt {
+        /// The brick directory.
+        path: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {err}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        err: std::io::Error,
+    },
+}
+
+/// Runs the brick: checks and opens the brick directory, listens on
+/// `config.listen`, and serves clients until the process is killed.
+pub async fn serve(config: BrickConfig) -> Result<(), BrickError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|err| BrickError::Bind {
+            addr: config.listen,
+            err,
+        })?;
+    serve_listener(config, listener).await
+}
+
+/// Like `serve`, on a listener the caller bound (tests bind port 0 and read
+/// the port back). `config.listen` is only used in logs.
+pub async fn serve_listener(config: BrickConfig, listener: TcpListener) -> Result<(), BrickError> {
+    let (path, vid) = (config.path.clone(), config.volume_id.clone());
+    let store = tokio::task::spawn_blocking(move || {
+        process_setup();
+        store::Store::open_brick(&path, &vid)
+    })
+    .await
+    .map_err(|e| BrickError::Io {
+        path: config.path.display().to_string(),
+        err: std::io::Error::other(e.to_string()),
+    })??;
+    let shared = Arc::new(ops::Shared {
+        store,
+        locks: locks::LockTable::default(),
+    });
+    let addr = listener.local_addr().unwrap_or(config.listen);
+    tracing::info!(
+        brick = %config.label,
+        volume = %config.volume,
+        path = %shared.store.root_path.display(),
+        %addr,
+        "brick serving"
+    );
+    server::accept_loop(Arc::new(config), shared, listener).await;
+    Ok(())
+}
+
+/// Process-wide settings a brick needs: modes from clients are exact
+/// (umask 0), and as many open files as the hard limit allows.
+fn process_setup() {
+    rustix::process::umask(rustix::fs::Mode::empty());
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if let Some(max) = lim.maximum {
+        if lim.current != Some(max) {
+            let new = rustix::process::Rlimit {
+                current: Some(max),
+                maximum: Some(max),
+            };
+            if let Err(e) = rustix::process::setrlimit(rustix::process::Resource::Nofile, new) {
+                tracing::warn!("cannot raise the open-file limit: {e}");
+            }
+        }
+    }
 }

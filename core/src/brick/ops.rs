@@ -1,0 +1,408 @@
+//! Request dispatch: turns one decoded `Request` into a reply, running every
+//! disk call on the blocking pool. Owns a connection's open-fd table; bulk
+//! data moves between the frame and the disk without serde (reads land in a
+//! `BytesMut` that becomes the reply frame's data).
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::inode::SnapEntry;
+use super::locks::{LockOutcome, LockTable, OwnerKey};
+use super::store::Store;
+use crate::error::{FsError, FsResult};
+use crate::gfid::Gfid;
+use crate::proto::{Reply, Request, MAX_FRAME};
+
+/// Largest read served in one reply (leaves room for the header).
+const READ_MAX: usize = MAX_FRAME - 64 * 1024;
+
+/// What every connection of one brick shares.
+pub(crate) struct Shared {
+    /// The posix store.
+    pub store: Store,
+    /// Byte-range locks.
+    pub locks: LockTable,
+}
+
+/// An open file or directory of one connection.
+pub(crate) enum OpenFd {
+    /// A regular file (or a directory opened with `Open`).
+    File { gfid: Gfid, fd: OwnedFd },
+    /// A directory opened for listing, with its listing snapshot.
+    Dir {
+        gfid: Gfid,
+        fd: Arc<OwnedFd>,
+        snap: Mutex<Option<Arc<Vec<SnapEntry>>>>,
+    },
+}
+
+impl OpenFd {
+    fn gfid(&self) -> Gfid {
+        match self {
+            OpenFd::File { gfid, .. } | OpenFd::Dir { gfid, .. } => *gfid,
+        }
+    }
+}
+
+/// One client connection's state.
+pub(crate) struct Conn {
+    /// Connection number (unique in this brick process).
+    pub id: u64,
+    /// The client's id from its handshake (lock owner namespace).
+    pub client: Arc<str>,
+    fds: Mutex<HashMap<u64, Arc<OpenFd>>>,
+    next_fd: AtomicU64,
+    /// Set when the connection is gone; no lock is granted after it.
+    pub closed: AtomicBool,
+}
+
+impl Conn {
+    /// State for a connection that completed its handshake.
+    pub(crate) fn new(id: u64, client: Arc<str>) -> Conn {
+        Conn {
+            id,
+            client,
+            fds: Mutex::new(HashMap::new()),
+            next_fd: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn insert(&self, f: OpenFd) -> u64 {
+        let n = self.next_fd.fetch_add(1, Ordering::Relaxed);
+        self.fds.lock().insert(n, Arc::new(f));
+        n
+    }
+
+    fn get(&self, n: u64) -> FsResult<Arc<OpenFd>> {
+        self.fds.lock().get(&n).cloned().ok_or(FsError::BadFd)
+    }
+
+    fn file(&self, n: u64) -> FsResult<Arc<OpenFd>> {
+        let f = self.get(n)?;
+        match &*f {
+            OpenFd::File { .. } => Ok(f),
+            OpenFd::Dir { .. } => Err(FsError::IsDir),
+        }
+    }
+
+    /// Closes every open fd (the connection went away).
+    pub(crate) fn close_all(&self) -> usize {
+        let mut fds = self.fds.lock();
+        let n = fds.len();
+        fds.clear();
+        n
+    }
+}
+
+fn file_fd(f: &OpenFd) -> &OwnedFd {
+    match f {
+        OpenFd::File { fd, .. } => fd,
+        OpenFd::Dir { fd, .. } => fd,
+    }
+}
+
+/// Runs a disk operation on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> FsResult<T> + Send + 'static,
+) -> FsResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| FsError::Io(format!("brick worker failed: {e}")))?
+}
+
+/// Answers one request (after the handshake).
+pub(crate) async fn dispatch(
+    sh: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    req: Request,
+    data: Bytes,
+) -> (FsResult<Reply>, Bytes) {
+    match run(sh, conn, req, data).await {
+        Ok((r, d)) => (Ok(r), d),
+        Err(e) => (Err(e), Bytes::new()),
+    }
+}
+
+async fn run(
+    sh: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    req: Request,
+    data: Bytes,
+) -> FsResult<(Reply, Bytes)> {
+    let s = sh.clone();
+    let none = Bytes::new();
+    let reply = match req {
+        Request::Handshake { .. } => {
+            return Err(FsError::Protocol("handshake already done".into()))
+        }
+        Request::Ping => Reply::Pong,
+        Request::Lookup { loc, xattrs } => {
+            let (iatt, xattrs) = blocking(move || s.store.lookup(&loc, &xattrs)).await?;
+            Reply::Entry { iatt, xattrs }
+        }
+        Request::LookupGfid { gfid, xattrs } => {
+            let (iatt, xattrs) = blocking(move || s.store.lookup_gfid(gfid, &xattrs)).await?;
+            Reply::Entry { iatt, xattrs }
+        }
+        Request::Stat { gfid } => Reply::Attr {
+            iatt: blocking(move || s.store.stat(gfid)).await?,
+        },
+        Request::Setattr { gfid, attr } => Reply::Attr {
+            iatt: blocking(move || s.store.setattr(gfid, &attr)).await?,
+        },
+        Request::Ftruncate { fd, size } => {
+            let f = conn.file(fd)?;
+            Reply::Attr {
+                iatt: blocking(move || ftruncate(&f, size)).await?,
+            }
+        }
+        Request::Create {
+            loc,
+            inode,
+            flags,
+            exclusive,
+        } => {
+            let gfid = inode.gfid;
+            let (fd, iatt) =
+                blocking(move || s.store.create(&loc, &inode, flags, exclusive)).await?;
+            let fd = conn.insert(OpenFd::File { gfid, fd });
+            Reply::Created { iatt, fd }
+        }
+        Request::Mknod { loc, inode, rdev } => Reply::Entry {
+            iatt: blocking(move || s.store.mknod(&loc, &inode, rdev)).await?,
+            xattrs: Default::default(),
+        },
+        Request::Mkdir { loc, inode } => Reply::Entry {
+            iatt: blocking(move || s.store.mkdir(&loc, &inode)).await?,
+            xattrs: Default::default(),
+        },
+        Request::Symlink { loc, inode, target } => Reply::Entry {
+            iatt: blocking(move || s.store.symlink(&loc, &inode, &target)).await?,
+            xattrs: Default::default(),
+        },
+        Request::Link { gfid, loc } => Reply::Entry {
+            iatt: blocking(move || s.store.link(gfid, &loc)).await?,
+            xattrs: Default::default(),
+        },
+        Request::Unlink { loc } => {
+            blocking(move || s.store.unlink(&loc)).await?;
+            Reply::Done
+        }
+        Request::Rmdir { loc } => {
+            blocking(move || s.store.rmdir(&loc)).await?;
+            Reply::Done
+        }
+        Request::Rename { from, to } => {
+            blocking(move || s.store.rename(&from, &to)).await?;
+            Reply::Done
+        }
+        Request::Readlink { gfid } => Reply::Link {
+            target: blocking(move || s.store.readlink(gfid)).await?,
+        },
+        Request::Open { gfid, flags } => {
+            let (fd, _is_dir) = blocking(move || s.store.open(gfid, flags)).await?;
+            Reply::Opened {
+                fd: conn.insert(OpenFd::File { gfid, fd }),
+            }
+        }
+        Request::Read { fd, offset, size } => {
+            let f = conn.file(fd)?;
+            let size = (size as usize).min(READ_MAX);
+            let (buf, eof) = blocking(move || read(&f, offset, size)).await?;
+            return Ok((Reply::Read { eof }, buf));
+        }
+        Request::Write { fd, offset } => {
+            let f = conn.file(fd)?;
+            let (count, iatt) = blocking(move || write(&f, offset, &data)).await?;
+            Reply::Written { count, iatt }
+        }
+        Request::Flush { fd, owner } => {
+            let gfid = conn.get(fd)?.gfid();
+            let key = OwnerKey {
+                client: conn.client.clone(),
+                owner,
+            };
+            sh.locks.release_owner(gfid, &key);
+            Reply::Done
+        }
+        Request::Fsync { fd, datasync } => {
+            let f = conn.get(fd)?;
+            blocking(move || {
+                let fd = file_fd(&f);
+                if datasync {
+                    rustix::fs::fdatasync(fd)?;
+                } else {
+                    rustix::fs::fsync(fd)?;
+                }
+                Ok(())
+            })
+            .await?;
+            Reply::Done
+        }
+        Request::Release { fd } => {
+            let gone = conn.fds.lock().remove(&fd);
+            if let Some(f) = gone {
+                // Closing may flush to disk: do it off the reactor.
+                tokio::task::spawn_blocking(move || drop(f));
+            }
+            Reply::Done
+        }
+        Request::Opendir { gfid } => {
+            let fd = blocking(move || s.store.opendir(gfid)).await?;
+            Reply::Opened {
+                fd: conn.insert(OpenFd::Dir {
+                    gfid,
+                    fd,
+                    snap: Mutex::new(None),
+                }),
+            }
+        }
+        Request::Readdir {
+            fd,
+            offset,
+            max_entries,
+            plus,
+            xattrs,
+        } => {
+            let f = conn.get(fd)?;
+            let entries = blocking(move || {
+                let OpenFd::Dir { gfid, fd, snap } = &*f else {
+                    return Err(FsError::NotDir);
+                };
+                let cur = snap.lock().clone();
+                let list = match cur {
+                    Some(l) if offset != 0 => l,
+                    _ => {
+                        let l = Arc::new(s.store.snapshot(fd, gfid.is_root())?);
+                        *snap.lock() = Some(l.clone());
+                        l
+                    }
+                };
+                s.store
+                    .dir_entries(fd, &list, offset, max_entries, plus, &xattrs)
+            })
+            .await?;
+            Reply::Entries { entries }
+        }
+        Request::Getxattr { gfid, name } => Reply::Xattr {
+            value: blocking(move || s.store.getxattr(gfid, &name)).await?,
+        },
+        Request::Listxattr { gfid } => Reply::XattrNames {
+            names: blocking(move || s.store.listxattr(gfid)).await?,
+        },
+        Request::Setxattr {
+            gfid,
+            xattrs,
+            flags,
+        } => {
+            blocking(move || s.store.setxattr(gfid, &xattrs, flags)).await?;
+            Reply::Done
+        }
+        Request::Removexattr { gfid, name } => {
+            blocking(move || s.store.removexattr(gfid, &name)).await?;
+            Reply::Done
+        }
+        Request::Statfs => Reply::Statfs {
+            stat: blocking(move || s.store.statfs()).await?,
+        },
+        Request::Lk { fd, cmd, lock } => {
+            let gfid = conn.get(fd)?.gfid();
+            let owner = OwnerKey {
+                client: conn.client.clone(),
+                owner: lock.owner,
+            };
+            lk(&sh.locks, conn, gfid, cmd, lock, owner).await?
+        }
+        Request::Fallocate {
+            fd,
+            mode,
+            offset,
+            len,
+        } => {
+            let f = conn.file(fd)?;
+            blocking(move || {
+                let flags = rustix::fs::FallocateFlags::from_bits(mode as u32)
+                    .ok_or(FsError::InvalidArgument)?;
+                rustix::fs::fallocate(file_fd(&f), flags, offset, len)?;
+                Ok(())
+            })
+            .await?;
+            Reply::Done
+        }
+    };
+    Ok((reply, none))
+}
+
+async fn lk(
+    locks: &LockTable,
+    conn: &Arc<Conn>,
+    gfid: Gfid,
+    cmd: crate::proto::LockCmd,
+    lock: crate::proto::FileLock,
+    owner: OwnerKey,
+) -> FsResult<Reply> {
+    match locks.lock(gfid, cmd, lock, owner, conn.id, &conn.closed)? {
+        LockOutcome::Done(lock) => Ok(Reply::Lock { lock }),
+        LockOutcome::Wait(rx) => match rx.await {
+            Ok(r) => Ok(Reply::Lock { lock: r? }),
+            Err(_) => Err(FsError::NotConnected("lock wait cancelled".into())),
+        },
+    }
+}
+
+fn read(f: &OpenFd, offset: u64, size: usize) -> FsResult<(Bytes, bool)> {
+    let fd = file_fd(f);
+    let mut buf = BytesMut::with_capacity(size);
+    while buf.len() < size {
+        let at = offset + buf.len() as u64;
+        let (got, _) = rustix::io::pread(fd, buf.spare_capacity_mut(), at)?;
+        let n = got.len();
+        if n == 0 {
+            break;
+        }
+        // SAFETY: pread initialised the first `n` bytes of the spare capacity.
+        unsafe { buf.set_len(buf.len() + n) };
+    }
+    let eof = buf.len() < size;
+    Ok((buf.freeze(), eof))
+}
+
+fn write(f: &OpenFd, offset: u64, data: &[u8]) -> FsResult<(u32, crate::iatt::Iatt)> {
+    let fd = file_fd(f);
+    let mut done = 0usize;
+    while done < data.len() {
+        let n = rustix::io::pwrite(fd, &data[done..], offset + done as u64)?;
+        if n == 0 {
+            return Err(FsError::NoSpace);
+        }
+        done += n;
+    }
+    let st = rustix::fs::fstat(fd)?;
+    Ok((done as u32, super::sys::iatt(f.gfid(), &st)))
+}
+
+fn ftruncate(f: &OpenFd, size: u64) -> FsResult<crate::iatt::Iatt> {
+    let fd = file_fd(f);
+    match rustix::fs::ftruncate(fd, size) {
+        Ok(()) => {}
+        // Opened read-only: truncate through a writable reopen of the same
+        // inode (works for unlinked files too).
+        Err(rustix::io::Errno::BADF) | Err(rustix::io::Errno::INVAL) => {
+            let p = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd));
+            let w = rustix::fs::open(
+                p.as_str(),
+                rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )?;
+            rustix::fs::ftruncate(&w, size)?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let st = rustix::fs::fstat(fd)?;
+    Ok(super::sys::iatt(f.gfid(), &st))
+}
