@@ -575,6 +575,15 @@ impl Node {
         )
     }
 
+    /// Waits until exactly `n` brick processes run on the node.
+    pub fn wait_brick_count(&self, n: usize, timeout: Duration) -> Result<()> {
+        wait_until(
+            &format!("{} to run {n} bricks", self.name()),
+            timeout,
+            || self.brick_pids().len() == n,
+        )
+    }
+
     /// Waits until no process of the node is left (after an external kill).
     pub fn wait_down(&self, timeout: Duration) -> Result<()> {
         wait_until(&format!("{} down", self.name()), timeout, || {
