@@ -26,6 +26,8 @@ use crate::proto::{
 const IN_FLIGHT: usize = 256;
 /// Replies queued for the writer of one connection.
 const REPLY_QUEUE: usize = 1024;
+/// How long a new connection may take to send its handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Data at least this large is written straight from its buffer.
 const DIRECT_WRITE: usize = 32 * 1024;
 
@@ -106,13 +108,17 @@ async fn connection(
     let writer = tokio::spawn(write_loop(w, rx, peer));
 
     // Handshake.
-    let first = match reader.next().await {
-        Some(Ok(f)) => f,
-        Some(Err(e)) => {
+    let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()).await {
+        Ok(Some(Ok(f))) => f,
+        Ok(Some(Err(e))) => {
             tracing::warn!(%peer, "bad frame before handshake, closing: {e}");
             return;
         }
-        None => return,
+        Ok(None) => return,
+        Err(_) => {
+            tracing::warn!(%peer, "no handshake within {HANDSHAKE_TIMEOUT:?}, closing");
+            return;
+        }
     };
     let hs = if first.kind != FrameKind::Request {
         Err(FsError::Protocol("expected a request frame".into()))
