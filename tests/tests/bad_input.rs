@@ -326,25 +326,38 @@ fn dotdot_nul_slash_and_internal_names_stay_inside_the_brick() {
         inode: new_inode(0o755),
     });
     assert!(r.is_err(), "mkdir .kiln answered {r:?}");
-    // Internal xattrs: not readable, not settable by a client.
-    let r = conn.call(&Request::Getxattr {
-        gfid: Gfid::ROOT,
-        name: xattr_names::VOLUME_ID.into(),
-    });
-    assert!(r.is_err(), "client read {}: {r:?}", xattr_names::VOLUME_ID);
-    let mut xattrs = std::collections::BTreeMap::new();
-    xattrs.insert(xattr_names::DHT_LAYOUT.to_string(), vec![0u8; 16]);
-    let r = conn.call(&Request::Setxattr {
-        gfid: Gfid::ROOT,
-        xattrs,
-        flags: 0,
-    });
-    assert!(r.is_err(), "client set {}: {r:?}", xattr_names::DHT_LAYOUT);
+    // The brick's own xattrs (gfid, volume id, format) are not readable or
+    // settable over the wire; DHT's layout/linkto are, for the translators.
+    for name in [
+        xattr_names::VOLUME_ID,
+        xattr_names::GFID,
+        xattr_names::BRICK_FORMAT,
+    ] {
+        let r = conn.call(&Request::Getxattr {
+            gfid: Gfid::ROOT,
+            name: name.into(),
+        });
+        assert!(r.is_err(), "a client read {name}: {r:?}");
+        let mut xattrs = std::collections::BTreeMap::new();
+        xattrs.insert(name.to_string(), vec![0u8; 16]);
+        let r = conn.call(&Request::Setxattr {
+            gfid: Gfid::ROOT,
+            xattrs,
+            flags: 0,
+        });
+        assert!(r.is_err(), "a client set {name}: {r:?}");
+    }
     if let Ok(Reply::XattrNames { names }) = conn.call(&Request::Listxattr { gfid: Gfid::ROOT }) {
-        assert!(
-            names.iter().all(|n| !xattr_names::is_internal(n)),
-            "internal xattrs listed: {names:?}"
-        );
+        for name in [
+            xattr_names::VOLUME_ID,
+            xattr_names::GFID,
+            xattr_names::BRICK_FORMAT,
+        ] {
+            assert!(
+                !names.iter().any(|n| n == name),
+                "{name} listed to a client: {names:?}"
+            );
+        }
     }
     // The connection is still good for a sane request.
     let ok = conn.call(&Request::Lookup {
