@@ -51,8 +51,14 @@ impl Cluster {
     /// connections on its management port. The servers are not probed into
     /// a pool: see `pool`.
     pub fn new(n: usize) -> Result<Cluster> {
+        Cluster::with_kiln(n, &crate::kiln_bin()?)
+    }
+
+    /// `new` with an explicit binary in place of `kiln` (the harness
+    /// self-test uses a stand-in).
+    pub fn with_kiln(n: usize, kiln: &Path) -> Result<Cluster> {
         anyhow::ensure!((1..=9).contains(&n), "1..=9 nodes");
-        let kiln = crate::kiln_bin()?;
+        let kiln = kiln.to_path_buf();
         cleanup::cleanup_stale();
         let slot = cleanup::acquire_slot(Duration::from_secs(45 * 60))?;
         let names: Vec<String> = (1..=n).map(node_name).chain(["client".into()]).collect();
@@ -455,12 +461,17 @@ impl Node {
         self.host.ns.pids()
     }
 
-    /// Processes in the namespace whose command line has ` brick ` (the brick
-    /// servers `kiln server` spawned).
+    /// The brick servers `kiln server` spawned: processes of the node whose
+    /// command line starts `kiln brick` (or `INTERPRETER SCRIPT brick`).
     pub fn brick_pids(&self) -> Vec<i32> {
         self.pids()
             .into_iter()
-            .filter(|p| procs::cmdline(*p).split_whitespace().nth(1) == Some("brick"))
+            .filter(|p| {
+                procs::cmdline(*p)
+                    .split_whitespace()
+                    .take(3)
+                    .any(|t| t == "brick")
+            })
             .collect()
     }
 

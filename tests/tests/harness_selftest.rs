@@ -237,3 +237,80 @@ fn stale_leftovers_of_a_dead_run_are_removed() {
     assert!(!scratch.exists());
     orphan.wait().unwrap();
 }
+
+/// The cluster controls, with a stand-in for `kiln` (a Python script that
+/// listens like a server and forks a "brick").
+#[test]
+fn cluster_controls_with_a_stand_in_server() {
+    use kiln_tests::{Cluster, MGMT_PORT};
+    check_prerequisites().unwrap();
+    let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fake-kiln.py");
+    let c = Cluster::with_kiln(2, &fake).unwrap();
+    let dir = c.dir().to_path_buf();
+    let names = names_of(c.net());
+    let greet = |i: usize| -> Option<String> {
+        let mut s = c.client().connect(c.node(i).sock(MGMT_PORT)).ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(700))).ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        Some(buf)
+    };
+
+    // Each node has its own host name and answers on its own address.
+    for i in 1..=2 {
+        let n = c.node(i);
+        let out = n.kiln(&["hostname"]).unwrap().ok().unwrap();
+        assert_eq!(out.stdout.trim(), n.name());
+        assert_eq!(
+            greet(i).as_deref(),
+            Some(format!("hello {}\n", n.name()).as_str())
+        );
+        n.wait_brick_count(1, Duration::from_secs(10)).unwrap();
+        let port = wait_for(
+            "the stand-in brick to listen",
+            Duration::from_secs(10),
+            || Ok(n.brick_port(&n.brick_dir("fake"))),
+        )
+        .unwrap();
+        assert_eq!(port, 24009, "{:?}", n.listeners());
+    }
+    assert!(!c.node(1).kiln(&["bogus"]).unwrap().success());
+
+    // Paused: the kernel still accepts, but nobody answers.
+    c.node(2).pause();
+    assert_eq!(greet(2), None);
+    c.node(2).resume();
+    assert!(greet(2).is_some());
+
+    // Cut off: unreachable; healed: back.
+    c.node(2).cut_off().unwrap();
+    assert_eq!(greet(2), None);
+    assert!(greet(1).is_some(), "node01 unaffected");
+    c.node(2).heal().unwrap();
+    assert!(greet(2).is_some());
+
+    // kill -9 takes the server and its brick; restart brings both back.
+    let old = c.node(2).server_pid().unwrap();
+    c.node(2).kill().unwrap();
+    assert!(c.node(2).pids().is_empty());
+    assert!(!c.node(2).is_running());
+    assert_eq!(greet(2), None);
+    c.node(2).start().unwrap();
+    assert_ne!(c.node(2).server_pid(), Some(old));
+    assert!(greet(2).is_some());
+    c.node(2).kill_bricks().unwrap();
+    assert!(c.node(2).brick_pids().is_empty() && c.node(2).is_running());
+    c.node(2).restart().unwrap();
+    c.node(2)
+        .wait_brick_count(1, Duration::from_secs(10))
+        .unwrap();
+
+    drop(c);
+    assert!(!dir.exists(), "scratch dir left behind");
+    for n in names {
+        assert!(
+            !Path::new("/run/netns").join(&n).exists(),
+            "netns {n} left behind"
+        );
+    }
+}
