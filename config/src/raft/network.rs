@@ -8,12 +8,19 @@ use super::RaftTransport;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
 use std::sync::Arc;
+use std::time::Duration;
+
+/// First pause before retrying an unreachable peer; doubles up to
+/// `BACKOFF_MAX` (a server that is down for hours is tried every few
+/// seconds, not flooded, and is caught up within that time of its return).
+const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(4);
 
 /// A peer could not be reached, or answered something unexpected.
 #[derive(Debug, thiserror::Error)]
@@ -152,5 +159,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             }
             other => Err(self.unexpected(&other)),
         }
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::successors(Some(BACKOFF_FIRST), |d| {
+            Some((*d * 2).min(BACKOFF_MAX))
+        }))
     }
 }
