@@ -317,3 +317,34 @@ async fn removed_servers_stop_being_members() {
     let err = c.node(other).remove_server(other).await.unwrap_err();
     assert!(matches!(err, StoreError::Rejected(_)), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_pool_restarts_from_disk() {
+    let c = Cluster::new(test_options());
+    c.form(3).await;
+    for id in 1..=3 {
+        c.node(id)
+            .propose(create_volume(&format!("v{id}")))
+            .await
+            .unwrap();
+    }
+    c.converge("three volumes everywhere", volume_count(3))
+        .await;
+    let before = c.node(1).current();
+    for id in 1..=3 {
+        c.kill(id).await;
+    }
+    for id in 1..=3 {
+        let s = c.start(id).await;
+        assert_eq!(s.current(), before, "server {id} restarted with its config");
+        // Not a fresh server: this must not found a pool of its own.
+        s.initialize_single().await.unwrap();
+    }
+    c.leader().await;
+    for id in 1..=3 {
+        assert_eq!(c.node(id).status().voters.len(), 3);
+    }
+    c.node(3).propose(create_volume("after")).await.unwrap();
+    c.converge("the pool works after a full restart", volume_count(4))
+        .await;
+}
