@@ -821,3 +821,54 @@ async fn setgid_directory_and_ownership() {
         r => panic!("{r:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_and_release_in_order() {
+    let b = TestBrick::start().await;
+    let mut c = b.client("c").await;
+    let d = c.mkdir(Gfid::ROOT, "p").await;
+    // 64 creates in flight at once; every xid answered exactly once.
+    let mut xids = std::collections::BTreeMap::new();
+    for i in 0..64 {
+        let x = c
+            .send(
+                Request::Create {
+                    loc: loc(d.gfid, &format!("f{i}")),
+                    inode: new_inode(0o644),
+                    flags: libc::O_RDWR,
+                    exclusive: true,
+                },
+                Bytes::new(),
+            )
+            .await;
+        xids.insert(x, i);
+    }
+    let mut fds = Vec::new();
+    for _ in 0..64 {
+        let (x, r, _) = c.recv().await.unwrap();
+        let i = xids.remove(&x).expect("known xid, answered once");
+        match r {
+            Ok(Reply::Created { fd, .. }) => fds.push((i, fd)),
+            r => panic!("{r:?}"),
+        }
+    }
+    // Write then Release sent back to back: the write still lands.
+    let mut writes = BTreeSet::new();
+    for (i, fd) in fds.iter() {
+        let data = Bytes::from(format!("data {i}"));
+        writes.insert(c.send(Request::Write { fd: *fd, offset: 0 }, data).await);
+        c.send(Request::Release { fd: *fd }, Bytes::new()).await;
+    }
+    for _ in 0..128 {
+        let (x, r, _) = c.recv().await.unwrap();
+        assert!(r.is_ok(), "{r:?}");
+        writes.remove(&x);
+    }
+    assert!(writes.is_empty());
+    for i in 0..64 {
+        assert_eq!(
+            std::fs::read(b.at(&format!("p/f{i}"))).unwrap(),
+            format!("data {i}").as_bytes()
+        );
+    }
+}

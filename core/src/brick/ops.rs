@@ -82,14 +82,6 @@ impl Conn {
         self.fds.lock().get(&n).cloned().ok_or(FsError::BadFd)
     }
 
-    fn file(&self, n: u64) -> FsResult<Arc<OpenFd>> {
-        let f = self.get(n)?;
-        match &*f {
-            OpenFd::File { .. } => Ok(f),
-            OpenFd::Dir { .. } => Err(FsError::IsDir),
-        }
-    }
-
     /// Closes every open fd (the connection went away).
     pub(crate) fn close_all(&self) -> usize {
         let mut fds = self.fds.lock();
@@ -103,6 +95,42 @@ fn file_fd(f: &OpenFd) -> &OwnedFd {
     match f {
         OpenFd::File { fd, .. } => fd,
         OpenFd::Dir { fd, .. } => fd,
+    }
+}
+
+/// The open fd a request names, looked up when the request arrives (so a
+/// `Release` pipelined behind a `Write` on the same fd never overtakes it).
+pub(crate) type Bound = Option<FsResult<Arc<OpenFd>>>;
+
+/// Binds the fd named by `req` in arrival order; a `Release` takes it out
+/// of the table here (in-flight requests keep it open until they finish).
+pub(crate) fn bind(conn: &Conn, req: &Request) -> Bound {
+    let n = match req {
+        Request::Release { fd } => {
+            return Some(conn.fds.lock().remove(fd).ok_or(FsError::BadFd));
+        }
+        Request::Ftruncate { fd, .. }
+        | Request::Read { fd, .. }
+        | Request::Write { fd, .. }
+        | Request::Flush { fd, .. }
+        | Request::Fsync { fd, .. }
+        | Request::Readdir { fd, .. }
+        | Request::Lk { fd, .. }
+        | Request::Fallocate { fd, .. } => *fd,
+        _ => return None,
+    };
+    Some(conn.get(n))
+}
+
+fn any(bound: Bound) -> FsResult<Arc<OpenFd>> {
+    bound.unwrap_or(Err(FsError::BadFd))
+}
+
+fn file(bound: Bound) -> FsResult<Arc<OpenFd>> {
+    let f = any(bound)?;
+    match &*f {
+        OpenFd::File { .. } => Ok(f),
+        OpenFd::Dir { .. } => Err(FsError::IsDir),
     }
 }
 
@@ -121,8 +149,9 @@ pub(crate) async fn dispatch(
     conn: &Arc<Conn>,
     req: Request,
     data: Bytes,
+    bound: Bound,
 ) -> (FsResult<Reply>, Bytes) {
-    match run(sh, conn, req, data).await {
+    match run(sh, conn, req, data, bound).await {
         Ok((r, d)) => (Ok(r), d),
         Err(e) => (Err(e), Bytes::new()),
     }
@@ -133,6 +162,7 @@ async fn run(
     conn: &Arc<Conn>,
     req: Request,
     data: Bytes,
+    bound: Bound,
 ) -> FsResult<(Reply, Bytes)> {
     let s = sh.clone();
     let none = Bytes::new();
@@ -155,8 +185,8 @@ async fn run(
         Request::Setattr { gfid, attr } => Reply::Attr {
             iatt: blocking(move || s.store.setattr(gfid, &attr)).await?,
         },
-        Request::Ftruncate { fd, size } => {
-            let f = conn.file(fd)?;
+        Request::Ftruncate { fd: _, size } => {
+            let f = file(bound)?;
             Reply::Attr {
                 iatt: blocking(move || ftruncate(&f, size)).await?,
             }
@@ -210,19 +240,23 @@ async fn run(
                 fd: conn.insert(OpenFd::File { gfid, fd }),
             }
         }
-        Request::Read { fd, offset, size } => {
-            let f = conn.file(fd)?;
+        Request::Read {
+            fd: _,
+            offset,
+            size,
+        } => {
+            let f = file(bound)?;
             let size = (size as usize).min(READ_MAX);
             let (buf, eof) = blocking(move || read(&f, offset, size)).await?;
             return Ok((Reply::Read { eof }, buf));
         }
-        Request::Write { fd, offset } => {
-            let f = conn.file(fd)?;
+        Request::Write { fd: _, offset } => {
+            let f = file(bound)?;
             let (count, iatt) = blocking(move || write(&f, offset, &data)).await?;
             Reply::Written { count, iatt }
         }
-        Request::Flush { fd, owner } => {
-            let gfid = conn.get(fd)?.gfid();
+        Request::Flush { fd: _, owner } => {
+            let gfid = any(bound)?.gfid();
             let key = OwnerKey {
                 client: conn.client.clone(),
                 owner,
@@ -230,8 +264,8 @@ async fn run(
             sh.locks.release_owner(gfid, &key);
             Reply::Done
         }
-        Request::Fsync { fd, datasync } => {
-            let f = conn.get(fd)?;
+        Request::Fsync { fd: _, datasync } => {
+            let f = any(bound)?;
             blocking(move || {
                 let fd = file_fd(&f);
                 if datasync {
@@ -244,9 +278,9 @@ async fn run(
             .await?;
             Reply::Done
         }
-        Request::Release { fd } => {
-            let gone = conn.fds.lock().remove(&fd);
-            if let Some(f) = gone {
+        Request::Release { .. } => {
+            // Already taken out of the table by `bind`, in arrival order.
+            if let Some(Ok(f)) = bound {
                 // Closing may flush to disk: do it off the reactor.
                 tokio::task::spawn_blocking(move || drop(f));
             }
@@ -263,13 +297,13 @@ async fn run(
             }
         }
         Request::Readdir {
-            fd,
+            fd: _,
             offset,
             max_entries,
             plus,
             xattrs,
         } => {
-            let f = conn.get(fd)?;
+            let f = any(bound)?;
             let entries = blocking(move || {
                 let OpenFd::Dir { gfid, fd, snap } = &*f else {
                     return Err(FsError::NotDir);
@@ -310,8 +344,8 @@ async fn run(
         Request::Statfs => Reply::Statfs {
             stat: blocking(move || s.store.statfs()).await?,
         },
-        Request::Lk { fd, cmd, lock } => {
-            let gfid = conn.get(fd)?.gfid();
+        Request::Lk { fd: _, cmd, lock } => {
+            let gfid = any(bound)?.gfid();
             let owner = OwnerKey {
                 client: conn.client.clone(),
                 owner: lock.owner,
@@ -319,12 +353,12 @@ async fn run(
             lk(&sh.locks, conn, gfid, cmd, lock, owner).await?
         }
         Request::Fallocate {
-            fd,
+            fd: _,
             mode,
             offset,
             len,
         } => {
-            let f = conn.file(fd)?;
+            let f = file(bound)?;
             blocking(move || {
                 let flags = rustix::fs::FallocateFlags::from_bits(mode as u32)
                     .ok_or(FsError::InvalidArgument)?;

@@ -179,11 +179,12 @@ async fn connection(
                 Err(_) => break,
             }
         };
+        let bound = ops::bind(&conn, &req);
         let (sh, c, tx) = (shared.clone(), conn.clone(), tx.clone());
         let xid = frame.xid;
         let data = frame.data;
         tokio::spawn(async move {
-            let (rep, out) = ops::dispatch(&sh, &c, req, data).await;
+            let (rep, out) = ops::dispatch(&sh, &c, req, data, bound).await;
             send(&tx, xid, rep, out).await;
             drop(permit);
         });
