@@ -38,7 +38,40 @@ pub fn prepare_brick_dir(
             ),
         )
     })?;
+    // In use: the directory itself or any parent already carries a volume
+    // id (checked before anything is created).
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().map_err(|e| io(path, e))?.join(path)
+    };
+    let existing = abs
+        .ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"));
+    let existing = existing.canonicalize().map_err(|e| io(existing, e))?;
+    let existed = path.exists();
+    for (i, dir) in existing.ancestors().enumerate() {
+        match rustix::fs::getxattr(dir, xattr_names::VOLUME_ID, &mut [0u8; 64][..]) {
+            Ok(_) | Err(Errno::RANGE) => {
+                return Err(BrickPrepareError::InUse(if i == 0 && existed {
+                    disp
+                } else {
+                    format!("{disp} or a prefix of it")
+                }))
+            }
+            Err(Errno::NODATA) | Err(Errno::NOTSUP) | Err(Errno::ACCESS) | Err(Errno::PERM) => {}
+            Err(e) => return Err(io(dir, e)),
+        }
+    }
     std::fs::create_dir_all(path).map_err(|e| io(path, e))?;
+    // A refusal leaves no directory behind that this call made.
+    let undo = |e: BrickPrepareError| {
+        if !existed {
+            let _ = std::fs::remove_dir(path);
+        }
+        e
+    };
     let canon = path.canonicalize().map_err(|e| io(path, e))?;
     if !canon.is_dir() {
         return Err(io(
@@ -46,34 +79,20 @@ pub fn prepare_brick_dir(
             std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
         ));
     }
-    for (i, dir) in canon.ancestors().enumerate() {
-        match rustix::fs::getxattr(dir, xattr_names::VOLUME_ID, &mut [0u8; 64][..]) {
-            Ok(_) => {
-                return Err(BrickPrepareError::InUse(if i == 0 {
-                    disp
-                } else {
-                    format!("{disp} or a prefix of it")
-                }))
-            }
-            Err(Errno::NODATA) | Err(Errno::NOTSUP) | Err(Errno::ACCESS) | Err(Errno::PERM) => {}
-            Err(Errno::RANGE) => return Err(BrickPrepareError::InUse(disp)),
-            Err(e) => return Err(io(dir, e)),
-        }
-    }
     let c = canon.as_os_str();
     match rustix::fs::setxattr(c, PROBE, b"1", XattrFlags::empty()) {
         Ok(()) => {
             let _ = rustix::fs::removexattr(c, PROBE);
         }
         Err(Errno::NOTSUP) | Err(Errno::PERM) | Err(Errno::ACCESS) => {
-            return Err(BrickPrepareError::NoXattrs(disp))
+            return Err(undo(BrickPrepareError::NoXattrs(disp)))
         }
-        Err(e) => return Err(io(&canon, e)),
+        Err(e) => return Err(undo(io(&canon, e))),
     }
     let st = rustix::fs::stat(c).map_err(|e| io(&canon, e))?;
     let root = rustix::fs::stat(OsStr::from_bytes(b"/")).map_err(|e| io(Path::new("/"), e))?;
     if st.st_dev == root.st_dev && !force {
-        return Err(BrickPrepareError::RootFilesystem(disp));
+        return Err(undo(BrickPrepareError::RootFilesystem(disp)));
     }
     rustix::fs::setxattr(
         c,
@@ -110,6 +129,7 @@ mod tests {
                 prepare_brick_dir(&b, &vid, false),
                 Err(BrickPrepareError::RootFilesystem(_))
             ));
+            assert!(!b.exists(), "a refused brick dir is not left behind");
         }
         prepare_brick_dir(&b, &vid, true).unwrap();
         let mut v = [0u8; 16];
@@ -124,6 +144,7 @@ mod tests {
             Err(BrickPrepareError::InUse(m)) => assert!(m.contains("prefix"), "{m}"),
             other => panic!("expected InUse, got {other:?}"),
         }
+        assert!(!b.join("sub").exists(), "nothing created inside a brick");
         assert!(prepare_brick_dir(&base.path().join("x"), "not-a-uuid", true).is_err());
     }
 }
