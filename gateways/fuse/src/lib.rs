@@ -1,1 +1,249 @@
-//! kiln-fuse: the FUSE client (`kiln mount`, `mount.kiln`).
+//! kiln-fuse: the FUSE client (`kiln mount`, `mount.kiln`). It fetches a
+//! volume's spec from a management server, builds the client graph
+//! (`Volume`), and serves it to the kernel through `fuser`.
+//!
+//! Public API: `MountArgs`, `parse_mount_helper_args`, `mount_main` for the
+//! `kiln` binary; `FuseMount`, `MountConfig`, `KilnFs` to mount a `Volume`
+//! in-process (tests, other gateways re-exporting a mount).
+
+mod args;
+mod convert;
+mod daemon;
+mod fs;
+mod handles;
+mod inode;
+mod session;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use kiln_core::client::Volume;
+use kiln_core::graph::VolumeSpec;
+
+pub use args::{parse_mount_helper_args, parse_source, ClientOptions, MountArgs, MountArgsError};
+pub use fs::{FsConfig, FsStats, KilnFs};
+pub use session::{unmount, FuseMount, KernelFlags, MountConfig};
+
+/// Mounts a volume as `kiln mount` / `mount.kiln` do: unless
+/// `args.foreground`, returns (in the calling process) once the mount is
+/// ready while a background process keeps serving it until `umount`.
+///
+/// Call this before starting any thread or async runtime: it forks.
+pub fn mount_main(args: MountArgs) -> anyhow::Result<()> {
+    let mut opts = ClientOptions::parse(&args.options)?;
+    let mountpoint = args
+        .mountpoint
+        .canonicalize()
+        .with_context(|| format!("mount point {}", args.mountpoint.display()))?;
+    if !mountpoint.is_dir() {
+        return Err(anyhow!(
+            "mount point {} is not a directory",
+            mountpoint.display()
+        ));
+    }
+    if opts.log_file.is_none() {
+        opts.log_file = args.log_file.clone();
+    }
+    let mut servers = args.spec_servers.clone();
+    for s in &opts.backup_servers {
+        if !servers.contains(s) {
+            servers.push(s.clone());
+        }
+    }
+    let fsname = format!(
+        "{}:/{}",
+        servers.first().map(String::as_str).unwrap_or("localhost"),
+        args.volume
+    );
+    opts.mount.fsname = fsname;
+    let job = Job {
+        servers,
+        volume: args.volume.clone(),
+        mountpoint,
+        opts,
+    };
+    if args.foreground {
+        init_logging(&job, true);
+        return serve(&job, None);
+    }
+    match daemon::fork()? {
+        daemon::Forked::Parent(Ok(())) => Ok(()),
+        daemon::Forked::Parent(Err(msg)) => Err(anyhow!(msg)),
+        daemon::Forked::Child(mut notifier) => {
+            init_logging(&job, false);
+            let code = match serve(&job, Some(&mut notifier)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!("mount failed: {e:#}");
+                    if notifier.pending() {
+                        notifier.failed(&format!("{e:#}"));
+                    }
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+    }
+}
+
+/// Everything the serving process needs.
+struct Job {
+    servers: Vec<String>,
+    volume: String,
+    mountpoint: PathBuf,
+    opts: ClientOptions,
+}
+
+/// Fetches the spec, builds the volume, mounts, and serves until unmounted.
+fn serve(job: &Job, notifier: Option<&mut daemon::Notifier>) -> anyhow::Result<()> {
+    for o in &job.opts.unknown {
+        tracing::warn!(option = %o, "unknown mount option ignored");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("kiln-mount")
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let spec = rt.block_on(load_spec(job))?;
+    tracing::info!(volume = %spec.name, bricks = spec.bricks.len(), "volume spec loaded");
+    let vol = Arc::new(Volume::new(spec));
+    let root = rt
+        .block_on(vol.wait_ready(job.opts.ready_timeout))
+        .map_err(|e| anyhow!("volume {} is not reachable: {e}", job.volume))?;
+    let mount = FuseMount::mount(
+        vol.clone(),
+        rt.handle().clone(),
+        Some(&root),
+        &job.mountpoint,
+        &job.opts.mount,
+    )
+    .with_context(|| format!("mounting on {}", job.mountpoint.display()))?;
+    if let Some(n) = notifier {
+        n.ready();
+    }
+    let mp = job.mountpoint.clone();
+    rt.spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("signal received: unmounting");
+        if let Err(e) = unmount(&mp) {
+            tracing::error!(error = %e, "unmount failed");
+        }
+    });
+    let r = mount.wait();
+    tracing::info!("unmounted; exiting");
+    drop(vol);
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    r.context("serving the mount")
+}
+
+/// The volume spec: from `volfile=` if given, else from the servers.
+async fn load_spec(job: &Job) -> anyhow::Result<VolumeSpec> {
+    if let Some(path) = &job.opts.volfile {
+        let text = tokio::fs::read(path)
+            .await
+            .with_context(|| format!("volume spec {}", path.display()))?;
+        let spec: VolumeSpec = serde_json::from_slice(&text)
+            .with_context(|| format!("volume spec {}", path.display()))?;
+        if spec.name != job.volume {
+            return Err(anyhow!(
+                "volume spec {} is for volume {}, not {}",
+                path.display(),
+                spec.name,
+                job.volume
+            ));
+        }
+        return Ok(spec);
+    }
+    fetch_spec(&job.servers, &job.volume).await
+}
+
+/// Asks the management servers, in order, for the volume's spec.
+async fn fetch_spec(servers: &[String], volume: &str) -> anyhow::Result<VolumeSpec> {
+    // The management client (`kiln_mgmt::fetch_volume_spec`) is wired in
+    // when it lands; until then a spec file works (`-o volfile=PATH`).
+    Err(anyhow!(
+        "cannot get the spec of volume {volume} from {}: no management client in this build \
+         (use -o volfile=PATH)",
+        servers.join(", ")
+    ))
+}
+
+/// Logs to the log file (default under /var/log/kiln), or to stderr in the
+/// foreground when no file can be opened.
+fn init_logging(job: &Job, foreground: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match (&job.opts.log_level, std::env::var("RUST_LOG")) {
+        (Some(l), _) => EnvFilter::new(l),
+        (None, Ok(v)) if !v.is_empty() => EnvFilter::new(v),
+        _ => EnvFilter::new("info"),
+    };
+    let path = job
+        .opts
+        .log_file
+        .clone()
+        .unwrap_or_else(|| default_log_file(&job.mountpoint));
+    let file = path
+        .parent()
+        .map(std::fs::create_dir_all)
+        .transpose()
+        .ok()
+        .and_then(|_| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .ok()
+        });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match file {
+        Some(f) => builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .try_init(),
+        None if foreground => builder.with_writer(std::io::stderr).try_init(),
+        None => Ok(()),
+    };
+}
+
+/// `/var/log/kiln/mnt-data.log` for `/mnt/data`, as GlusterFS names them.
+fn default_log_file(mountpoint: &Path) -> PathBuf {
+    let name = mountpoint
+        .to_string_lossy()
+        .trim_matches('/')
+        .replace('/', "-");
+    let name = if name.is_empty() {
+        "root".to_string()
+    } else {
+        name
+    };
+    PathBuf::from("/var/log/kiln").join(format!("{name}.log"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_file_names() {
+        assert_eq!(
+            default_log_file(Path::new("/mnt/data")),
+            PathBuf::from("/var/log/kiln/mnt-data.log")
+        );
+        assert_eq!(
+            default_log_file(Path::new("/")),
+            PathBuf::from("/var/log/kiln/root.log")
+        );
+    }
+}

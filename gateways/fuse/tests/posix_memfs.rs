@@ -1,0 +1,513 @@
+//! The FUSE layer through a real kernel mount of an in-memory volume: file
+//! data, directories, names, attributes, xattrs, statfs, unmount.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+fn c(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+#[test]
+fn create_write_read_truncate() {
+    let m = common::mount_mem();
+    let p = m.p("a.txt");
+    fs::write(&p, b"hello world").unwrap();
+    assert_eq!(fs::read(&p).unwrap(), b"hello world");
+    assert_eq!(m.mem.file_data("a.txt").unwrap(), b"hello world");
+    assert_eq!(fs::metadata(&p).unwrap().len(), 11);
+
+    // Append, overwrite in the middle, read back at offsets.
+    let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"!!").unwrap();
+    drop(f);
+    let mut f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    f.seek(SeekFrom::Start(6)).unwrap();
+    f.write_all(b"WORLD").unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "hello WORLD!!");
+
+    // ftruncate through the open fd, then truncate by path.
+    f.set_len(5).unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().len(), 5);
+    drop(f);
+    let cp = c(&p);
+    assert_eq!(unsafe { libc::truncate(cp.as_ptr(), 100) }, 0);
+    let data = fs::read(&p).unwrap();
+    assert_eq!(data.len(), 100);
+    assert_eq!(&data[..5], b"hello");
+    assert!(data[5..].iter().all(|b| *b == 0));
+
+    // O_EXCL on an existing file fails; O_TRUNC empties it.
+    let e = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&p)
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
+    File::create(&p).unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().len(), 0);
+
+    // Missing files.
+    assert_eq!(
+        fs::read(m.p("missing")).unwrap_err().raw_os_error(),
+        Some(libc::ENOENT)
+    );
+}
+
+#[test]
+fn large_file_round_trip() {
+    let m = common::mount_mem();
+    let p = m.p("big.bin");
+    let data: Vec<u8> = (0..(24u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    {
+        let mut f = File::create(&p).unwrap();
+        for chunk in data.chunks(3 << 20) {
+            f.write_all(chunk).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    assert_eq!(fs::metadata(&p).unwrap().len(), data.len() as u64);
+    let back = fs::read(&p).unwrap();
+    assert!(back == data, "read back differs");
+    // A read at an odd offset crossing request boundaries.
+    let mut f = File::open(&p).unwrap();
+    f.seek(SeekFrom::Start((1 << 20) - 7)).unwrap();
+    let mut buf = vec![0; 3 << 20];
+    f.read_exact(&mut buf).unwrap();
+    assert!(buf[..] == data[(1 << 20) - 7..(4 << 20) - 7]);
+}
+
+#[test]
+fn directories_and_listing() {
+    let m = common::mount_mem();
+    fs::create_dir(m.p("d")).unwrap();
+    fs::create_dir_all(m.p("d/e/f")).unwrap();
+    for i in 0..1500 {
+        File::create(m.p(&format!("d/file-{i:04}"))).unwrap();
+    }
+    let mut names: Vec<String> = fs::read_dir(m.p("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 1501);
+    assert_eq!(names[0], "e");
+    assert_eq!(names[1], "file-0000");
+    assert_eq!(names[1500], "file-1499");
+
+    // `ls -la` sees `.` and `..` and the right kinds, and stats every entry.
+    let out = std::process::Command::new("ls")
+        .arg("-la")
+        .arg(m.p("d"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.ends_with(" .")));
+    assert!(text.lines().any(|l| l.ends_with(" ..")));
+    assert!(text
+        .lines()
+        .any(|l| l.starts_with('d') && l.ends_with(" e")));
+    assert_eq!(text.lines().filter(|l| l.starts_with('-')).count(), 1500);
+
+    // Directory inode numbers are the gfid's; nlink counts subdirectories.
+    let md = fs::metadata(m.p("d")).unwrap();
+    assert!(md.is_dir());
+    assert_eq!(md.nlink(), 3);
+
+    assert_eq!(
+        fs::remove_dir(m.p("d/e")).unwrap_err().raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
+    fs::remove_dir(m.p("d/e/f")).unwrap();
+    fs::remove_dir(m.p("d/e")).unwrap();
+    assert_eq!(
+        fs::remove_dir(m.p("d/file-0000"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::ENOTDIR)
+    );
+    assert_eq!(
+        fs::remove_file(m.p("d")).unwrap_err().raw_os_error(),
+        Some(libc::EISDIR)
+    );
+    for i in 0..1500 {
+        fs::remove_file(m.p(&format!("d/file-{i:04}"))).unwrap();
+    }
+    assert_eq!(fs::read_dir(m.p("d")).unwrap().count(), 0);
+    fs::remove_dir(m.p("d")).unwrap();
+    assert!(!m.p("d").exists());
+}
+
+#[test]
+fn rename_link_symlink() {
+    let m = common::mount_mem();
+    fs::write(m.p("a"), b"A").unwrap();
+    fs::write(m.p("b"), b"B").unwrap();
+    fs::create_dir(m.p("dir")).unwrap();
+
+    // Rename over an existing file replaces it.
+    fs::rename(m.p("a"), m.p("b")).unwrap();
+    assert_eq!(fs::read(m.p("b")).unwrap(), b"A");
+    assert!(!m.p("a").exists());
+    // Across directories.
+    fs::rename(m.p("b"), m.p("dir/b2")).unwrap();
+    assert_eq!(fs::read(m.p("dir/b2")).unwrap(), b"A");
+
+    // renameat2 flags: NOREPLACE refuses an existing target, EXCHANGE is not
+    // supported.
+    fs::write(m.p("x"), b"X").unwrap();
+    let (cx, cb) = (c(&m.p("x")), c(&m.p("dir/b2")));
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cx.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    assert_eq!((r, errno()), (-1, libc::EEXIST));
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cx.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    assert_eq!((r, errno()), (-1, libc::EINVAL));
+    let cy = c(&m.p("y"));
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cx.as_ptr(),
+            libc::AT_FDCWD,
+            cy.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    assert_eq!(r, 0);
+    assert_eq!(fs::read(m.p("y")).unwrap(), b"X");
+
+    // Hard links share the inode and count.
+    fs::hard_link(m.p("y"), m.p("dir/y-link")).unwrap();
+    let (a, b) = (
+        fs::metadata(m.p("y")).unwrap(),
+        fs::metadata(m.p("dir/y-link")).unwrap(),
+    );
+    assert_eq!(a.ino(), b.ino());
+    assert_eq!(b.nlink(), 2);
+    fs::remove_file(m.p("y")).unwrap();
+    assert_eq!(fs::metadata(m.p("dir/y-link")).unwrap().nlink(), 1);
+    assert_eq!(fs::read(m.p("dir/y-link")).unwrap(), b"X");
+
+    // Symlinks.
+    std::os::unix::fs::symlink("dir/b2", m.p("sl")).unwrap();
+    assert_eq!(fs::read_link(m.p("sl")).unwrap(), Path::new("dir/b2"));
+    assert!(fs::symlink_metadata(m.p("sl"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(fs::read(m.p("sl")).unwrap(), b"A");
+
+    // Directory rename; a directory cannot replace a file.
+    fs::rename(m.p("dir"), m.p("dir2")).unwrap();
+    assert_eq!(fs::read(m.p("dir2/b2")).unwrap(), b"A");
+    fs::write(m.p("f"), b"").unwrap();
+    assert_eq!(
+        fs::rename(m.p("dir2"), m.p("f"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::ENOTDIR)
+    );
+
+    // Names the volume refuses.
+    assert_eq!(
+        fs::write(m.p(".kiln"), b"").unwrap_err().raw_os_error(),
+        Some(libc::EPERM)
+    );
+    let long = "n".repeat(256);
+    assert_eq!(
+        fs::write(m.p(&long), b"").unwrap_err().raw_os_error(),
+        Some(libc::ENAMETOOLONG)
+    );
+}
+
+#[test]
+fn attributes() {
+    let m = common::mount_mem();
+    let p = m.p("f");
+    fs::write(&p, b"data").unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o640);
+
+    let cp = c(&p);
+    assert_eq!(unsafe { libc::chown(cp.as_ptr(), 1234, 5678) }, 0);
+    let md = fs::metadata(&p).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+
+    // utimensat with explicit times and with UTIME_NOW.
+    let times = [
+        libc::timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 5,
+        },
+        libc::timespec {
+            tv_sec: 1_100_000_000,
+            tv_nsec: 7,
+        },
+    ];
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, cp.as_ptr(), times.as_ptr(), 0) },
+        0
+    );
+    let md = fs::metadata(&p).unwrap();
+    assert_eq!((md.atime(), md.atime_nsec()), (1_000_000_000, 5));
+    assert_eq!((md.mtime(), md.mtime_nsec()), (1_100_000_000, 7));
+    let now = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+    ];
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, cp.as_ptr(), now.as_ptr(), 0) },
+        0
+    );
+    let md = fs::metadata(&p).unwrap();
+    assert!(md.atime() > 1_600_000_000);
+    assert_eq!(md.mtime(), 1_100_000_000);
+
+    // New files are owned by the caller with the umask applied.
+    let old = unsafe { libc::umask(0o027) };
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o666)
+        .open(m.p("g"))
+        .unwrap();
+    unsafe { libc::umask(old) };
+    drop(f);
+    let md = fs::metadata(m.p("g")).unwrap();
+    assert_eq!(md.mode() & 0o777, 0o640);
+    assert_eq!(md.uid(), unsafe { libc::geteuid() });
+
+    // mknod of a fifo.
+    let cf = c(&m.p("fifo"));
+    assert_eq!(
+        unsafe { libc::mknod(cf.as_ptr(), libc::S_IFIFO | 0o600, 0) },
+        0
+    );
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(
+        &fs::metadata(m.p("fifo")).unwrap().file_type()
+    ));
+
+    // Set-group-ID directories pass their group on.
+    fs::create_dir(m.p("sg")).unwrap();
+    let csg = c(&m.p("sg"));
+    assert_eq!(unsafe { libc::chown(csg.as_ptr(), 0, 4321) }, 0);
+    fs::set_permissions(m.p("sg"), fs::Permissions::from_mode(0o2775)).unwrap();
+    fs::write(m.p("sg/child"), b"").unwrap();
+    fs::create_dir(m.p("sg/sub")).unwrap();
+    assert_eq!(fs::metadata(m.p("sg/child")).unwrap().gid(), 4321);
+    let sub = fs::metadata(m.p("sg/sub")).unwrap();
+    assert_eq!(sub.gid(), 4321);
+    assert_ne!(sub.mode() & libc::S_ISGID, 0);
+
+    // fallocate extends.
+    let f = OpenOptions::new().write(true).open(&p).unwrap();
+    use std::os::fd::AsRawFd;
+    assert_eq!(unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 8192) }, 0);
+    assert_eq!(fs::metadata(&p).unwrap().len(), 8192);
+    f.sync_all().unwrap();
+}
+
+#[test]
+fn xattrs() {
+    let m = common::mount_mem();
+    let p = m.p("x");
+    fs::write(&p, b"").unwrap();
+    let cp = c(&p);
+    let name = CString::new("user.color").unwrap();
+    let val = b"blue-green";
+    let set = |flags| unsafe {
+        libc::setxattr(
+            cp.as_ptr(),
+            name.as_ptr(),
+            val.as_ptr().cast(),
+            val.len(),
+            flags,
+        )
+    };
+    assert_eq!(set(0), 0);
+    assert_eq!((set(libc::XATTR_CREATE), errno()), (-1, libc::EEXIST));
+    assert_eq!(set(libc::XATTR_REPLACE), 0);
+
+    // Size probe, exact read, too-small buffer.
+    let n = unsafe { libc::getxattr(cp.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+    assert_eq!(n, val.len() as isize);
+    let mut buf = [0u8; 64];
+    let n = unsafe {
+        libc::getxattr(
+            cp.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert_eq!(&buf[..n as usize], val);
+    let n = unsafe { libc::getxattr(cp.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 3) };
+    assert_eq!((n, errno()), (-1, libc::ERANGE));
+
+    // List.
+    let n2 = CString::new("user.size").unwrap();
+    assert_eq!(
+        unsafe { libc::setxattr(cp.as_ptr(), n2.as_ptr(), b"L".as_ptr().cast(), 1, 0) },
+        0
+    );
+    let need = unsafe { libc::listxattr(cp.as_ptr(), std::ptr::null_mut(), 0) };
+    assert_eq!(need as usize, "user.color\0user.size\0".len());
+    let mut list = vec![0u8; need as usize];
+    let n = unsafe { libc::listxattr(cp.as_ptr(), list.as_mut_ptr().cast(), list.len()) };
+    assert_eq!(&list[..n as usize], b"user.color\0user.size\0");
+    let n = unsafe { libc::listxattr(cp.as_ptr(), list.as_mut_ptr().cast(), 4) };
+    assert_eq!((n, errno()), (-1, libc::ERANGE));
+
+    // Remove; a missing one is ENODATA.
+    assert_eq!(unsafe { libc::removexattr(cp.as_ptr(), name.as_ptr()) }, 0);
+    let n = unsafe {
+        libc::getxattr(
+            cp.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert_eq!((n, errno()), (-1, libc::ENODATA));
+    assert_eq!(
+        (
+            unsafe { libc::removexattr(cp.as_ptr(), name.as_ptr()) },
+            errno()
+        ),
+        (-1, libc::ENODATA)
+    );
+
+    // Internal names can never be set or read through the mount.
+    let internal = CString::new("trusted.kiln.gfid").unwrap();
+    let r = unsafe { libc::setxattr(cp.as_ptr(), internal.as_ptr(), b"x".as_ptr().cast(), 1, 0) };
+    assert_eq!((r, errno()), (-1, libc::EPERM));
+    let r = unsafe {
+        libc::getxattr(
+            cp.as_ptr(),
+            internal.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert_eq!((r, errno()), (-1, libc::EPERM));
+}
+
+#[test]
+fn statfs_and_mount_table() {
+    let m = common::mount_mem();
+    let cp = c(m.path());
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(cp.as_ptr(), &mut st) }, 0);
+    assert_eq!(st.f_blocks, 1 << 20);
+    assert_eq!(st.f_bavail, 1 << 19);
+    assert_eq!(st.f_files, 1 << 16);
+    assert_eq!(st.f_namemax, 255);
+
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(m.path().to_str().unwrap()))
+        .expect("mount listed");
+    assert!(line.contains(" - fuse.kiln localhost:/memvol "), "{line}");
+    assert!(line.contains("default_permissions"), "{line}");
+    assert!(line.contains("allow_other"), "{line}");
+    // Read-ahead raised from the kernel's 128 KiB default.
+    let dev = line.split(' ').nth(2).unwrap();
+    let ra = fs::read_to_string(format!("/sys/class/bdi/{dev}/read_ahead_kb")).unwrap();
+    assert_eq!(ra.trim(), "4096");
+}
+
+#[test]
+fn external_umount_ends_the_session() {
+    let mut m = common::mount_mem();
+    fs::write(m.p("f"), b"x").unwrap();
+    let mount = m.mount.take().unwrap();
+    let cp = c(m.path());
+    assert_eq!(unsafe { libc::umount2(cp.as_ptr(), 0) }, 0);
+    // The serving threads end by themselves once the kernel drops the mount.
+    mount.wait().unwrap();
+    assert!(!m.p("f").exists());
+}
+
+#[test]
+fn read_only_mount() {
+    let mut cfg = kiln_fuse::MountConfig::default();
+    cfg.flags.read_only = true;
+    let m = common::mount_mem_with(cfg);
+    assert_eq!(
+        fs::write(m.p("f"), b"x").unwrap_err().raw_os_error(),
+        Some(libc::EROFS)
+    );
+    assert_eq!(fs::read_dir(m.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn hot_path_asks_the_volume_little() {
+    let m = common::mount_mem();
+    // Small-file create: one lookup (negative), one create, one write,
+    // flush and release; no extra stat or xattr probe per write.
+    let before = (
+        m.mem.calls("getxattr"),
+        m.mem.calls("stat"),
+        m.mem.calls("write"),
+    );
+    for i in 0..20 {
+        let mut f = File::create(m.p(&format!("s{i}"))).unwrap();
+        f.write_all(&[1u8; 4096]).unwrap();
+        f.write_all(&[2u8; 4096]).unwrap();
+    }
+    let after = (
+        m.mem.calls("getxattr"),
+        m.mem.calls("stat"),
+        m.mem.calls("write"),
+    );
+    assert_eq!(after.2 - before.2, 40, "one volume write per write(2)");
+    assert!(
+        after.0 - before.0 <= 1,
+        "xattr probes: {}",
+        after.0 - before.0
+    );
+    assert!(after.1 - before.1 <= 2, "stats: {}", after.1 - before.1);
+    assert_eq!(m.mem.calls("create"), 20);
+    assert!(
+        m.mem.calls("lookup") <= 20,
+        "lookups: {}",
+        m.mem.calls("lookup")
+    );
+}
