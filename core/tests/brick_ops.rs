@@ -277,7 +277,8 @@ async fn special_files_links_and_attrs() {
     }
 
     // Link, then unlink both names: the handle goes with the last one.
-    let (f, _) = c.create(Gfid::ROOT, "a").await;
+    let (f, ffd) = c.create(Gfid::ROOT, "a").await;
+    c.ok(Request::Release { fd: ffd }).await;
     match c
         .ok(Request::Link {
             gfid: f.gfid,
@@ -871,4 +872,77 @@ async fn pipelined_requests_and_release_in_order() {
             format!("data {i}").as_bytes()
         );
     }
+}
+
+#[tokio::test]
+async fn unlinked_open_files_stay_reachable_by_gfid() {
+    let mut b = TestBrick::start().await;
+    let mut c = b.client("c").await;
+    let tdir = b.path.join(".kiln/unlink");
+    let trash = |g: Gfid| tdir.join(g.to_string());
+    let (f, fd) = c.create(Gfid::ROOT, "tmp").await;
+    c.write(fd, 0, b"still here").await;
+    c.ok(Request::Unlink {
+        loc: loc(Gfid::ROOT, "tmp"),
+    })
+    .await;
+    assert!(!b.handle(f.gfid).exists());
+    assert!(
+        trash(f.gfid).exists(),
+        "handle kept in the trash while open"
+    );
+    // Stat and reopen by gfid (what a client does after a reconnect).
+    match c.ok(Request::Stat { gfid: f.gfid }).await {
+        Reply::Attr { iatt } => assert_eq!((iatt.nlink, iatt.size), (0, 10)),
+        r => panic!("{r:?}"),
+    }
+    let fd2 = match c
+        .ok(Request::Open {
+            gfid: f.gfid,
+            flags: libc::O_RDONLY,
+        })
+        .await
+    {
+        Reply::Opened { fd } => fd,
+        r => panic!("{r:?}"),
+    };
+    assert_eq!(&c.read(fd2, 0, 100).await.0[..], b"still here");
+    c.ok(Request::Release { fd }).await;
+    assert!(trash(f.gfid).exists(), "one fd still open");
+    c.ok(Request::Release { fd: fd2 }).await;
+    assert!(!trash(f.gfid).exists(), "gone with the last close");
+    assert_eq!(c.err(Request::Stat { gfid: f.gfid }).await, FsError::Stale);
+
+    // Renamed over while open, then linked back to a name: handle restored.
+    let (g, gfd) = c.create(Gfid::ROOT, "victim").await;
+    c.create(Gfid::ROOT, "other").await;
+    c.ok(Request::Rename {
+        from: loc(Gfid::ROOT, "other"),
+        to: loc(Gfid::ROOT, "victim"),
+    })
+    .await;
+    assert!(trash(g.gfid).exists());
+    c.ok(Request::Link {
+        gfid: g.gfid,
+        loc: loc(Gfid::ROOT, "saved"),
+    })
+    .await;
+    assert!(!trash(g.gfid).exists());
+    assert_eq!(
+        std::fs::metadata(b.handle(g.gfid)).unwrap().ino(),
+        std::fs::metadata(b.at("saved")).unwrap().ino()
+    );
+    c.ok(Request::Release { fd: gfd }).await;
+    assert!(b.handle(g.gfid).exists(), "linked again: the handle stays");
+
+    // A brick that stops with unlinked files open empties the trash at start.
+    let (h, _hfd) = c.create(Gfid::ROOT, "left").await;
+    c.ok(Request::Unlink {
+        loc: loc(Gfid::ROOT, "left"),
+    })
+    .await;
+    assert!(trash(h.gfid).exists());
+    drop(c);
+    b.restart().await;
+    assert!(!trash(h.gfid).exists());
 }

@@ -410,6 +410,10 @@ impl Store {
         };
         let name = os(loc.name.as_bytes());
         rustix::fs::linkat(&self.kiln, rel.as_str(), &*dir, name, AtFlags::empty())?;
+        if super::store::is_trash_rel(&rel) {
+            // An unlinked, still open file got a name again.
+            self.restore_handle(gfid)?;
+        }
         let st = rustix::fs::statat(&*dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
         Ok(sys::iatt(gfid, &st))
     }
@@ -427,7 +431,7 @@ impl Store {
         let rel = gfid.handle_rel_path();
         if let Ok(h) = rustix::fs::statat(&self.kiln, rel.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             if h.st_ino as u64 == ino && h.st_nlink == 1 {
-                if let Err(e) = rustix::fs::unlinkat(&self.kiln, rel.as_str(), AtFlags::empty()) {
+                if let Err(e) = self.retire_handle(gfid, &rel) {
                     tracing::warn!(%gfid, "cannot remove handle: {e}");
                 }
             }

@@ -18,6 +18,9 @@
 //!     ab/cd/<gfid> -> ../../xx/yy/<parent gfid>/<name>
 //!                                   directory: a RELATIVE SYMLINK through the
 //!                                   parent's handle to the directory's name
+//!     unlink/<gfid>                 the handle of a file whose last name was
+//!                                   removed while a client had it open; it
+//!                                   goes at the last close (and at start-up)
 //! ```
 //!
 //! `ab/cd` are the first four hex digits of the gfid (`Gfid::handle_rel_path`).
@@ -39,6 +42,9 @@ pub const FORMAT_VERSION: u8 = 1;
 
 /// The internal directory at the brick root.
 pub const INTERNAL_DIR: &str = ".kiln";
+
+/// Under `.kiln/`: handles of unlinked files still open (see module doc).
+pub const TRASH_DIR: &str = "unlink";
 
 /// Target of the root gfid's handle (`.kiln/00/00/<root>` -> brick root).
 pub const ROOT_HANDLE_TARGET: &str = "../../..";

@@ -38,7 +38,13 @@ impl Store {
     fn inode_iatt(&self, gfid: Gfid, inode: &Inode) -> FsResult<Iatt> {
         Ok(match inode {
             Inode::Dir(fd) => sys::iatt(gfid, &rustix::fs::fstat(&**fd)?),
-            Inode::Other { st, .. } => sys::iatt(gfid, st),
+            Inode::Other { rel, st } => {
+                let mut iatt = sys::iatt(gfid, st);
+                if super::store::is_trash_rel(rel) {
+                    iatt.nlink = 0; // unlinked, still open
+                }
+                iatt
+            }
         })
     }
 

@@ -28,10 +28,37 @@ pub(crate) struct Shared {
     pub locks: LockTable,
 }
 
+/// Keeps a regular file counted as open on the brick (so unlinking its
+/// last name keeps its handle until the last close).
+pub(crate) struct OpenGuard {
+    shared: Arc<Shared>,
+    gfid: Gfid,
+}
+
+impl OpenGuard {
+    fn new(shared: &Arc<Shared>, gfid: Gfid) -> OpenGuard {
+        shared.store.file_opened(gfid);
+        OpenGuard {
+            shared: shared.clone(),
+            gfid,
+        }
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.shared.store.file_closed(self.gfid);
+    }
+}
+
 /// An open file or directory of one connection.
 pub(crate) enum OpenFd {
     /// A regular file (or a directory opened with `Open`).
-    File { gfid: Gfid, fd: OwnedFd },
+    File {
+        gfid: Gfid,
+        fd: OwnedFd,
+        _open: Option<OpenGuard>,
+    },
     /// A directory opened for listing, with its listing snapshot.
     Dir {
         gfid: Gfid,
@@ -82,12 +109,10 @@ impl Conn {
         self.fds.lock().get(&n).cloned().ok_or(FsError::BadFd)
     }
 
-    /// Closes every open fd (the connection went away).
-    pub(crate) fn close_all(&self) -> usize {
-        let mut fds = self.fds.lock();
-        let n = fds.len();
-        fds.clear();
-        n
+    /// Takes every open fd out of the table (the connection went away);
+    /// the caller drops them off the reactor.
+    pub(crate) fn take_all(&self) -> Vec<Arc<OpenFd>> {
+        self.fds.lock().drain().map(|(_, f)| f).collect()
     }
 }
 
@@ -200,7 +225,11 @@ async fn run(
             let gfid = inode.gfid;
             let (fd, iatt) =
                 blocking(move || s.store.create(&loc, &inode, flags, exclusive)).await?;
-            let fd = conn.insert(OpenFd::File { gfid, fd });
+            let fd = conn.insert(OpenFd::File {
+                gfid,
+                fd,
+                _open: Some(OpenGuard::new(sh, gfid)),
+            });
             Reply::Created { iatt, fd }
         }
         Request::Mknod { loc, inode, rdev } => Reply::Entry {
@@ -235,9 +264,14 @@ async fn run(
             target: blocking(move || s.store.readlink(gfid)).await?,
         },
         Request::Open { gfid, flags } => {
-            let (fd, _is_dir) = blocking(move || s.store.open(gfid, flags)).await?;
+            let (fd, is_dir) = blocking(move || s.store.open(gfid, flags)).await?;
+            let open = (!is_dir).then(|| OpenGuard::new(sh, gfid));
             Reply::Opened {
-                fd: conn.insert(OpenFd::File { gfid, fd }),
+                fd: conn.insert(OpenFd::File {
+                    gfid,
+                    fd,
+                    _open: open,
+                }),
             }
         }
         Request::Read {
@@ -281,8 +315,13 @@ async fn run(
         Request::Release { .. } => {
             // Already taken out of the table by `bind`, in arrival order.
             if let Some(Ok(f)) = bound {
-                // Closing may flush to disk: do it off the reactor.
-                tokio::task::spawn_blocking(move || drop(f));
+                // Closing may flush to disk (and retire an unlinked file):
+                // off the reactor, and done before the reply.
+                blocking(move || {
+                    drop(f);
+                    Ok(())
+                })
+                .await?;
             }
             Reply::Done
         }

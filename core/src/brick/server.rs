@@ -194,7 +194,10 @@ async fn connection(
     // locks, close its fds.
     conn.closed.store(true, Ordering::Release);
     shared.locks.release_conn(id);
-    let n = conn.close_all();
+    let fds = conn.take_all();
+    let n = fds.len();
+    // Closing files (and retiring unlinked ones) is disk work.
+    tokio::task::spawn_blocking(move || drop(fds));
     tracing::info!(%peer, conn = id, open_fds = n, "client disconnected");
     drop(tx);
     drop(reader);

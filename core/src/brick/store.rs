@@ -6,13 +6,15 @@
 use parking_lot::Mutex;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, XattrFlags, CWD};
 use rustix::io::Errno;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::format::{self, FORMAT_VERSION, INTERNAL_DIR, INTERNAL_DIR_MODE, ROOT_HANDLE_TARGET};
+use super::format::{
+    self, FORMAT_VERSION, INTERNAL_DIR, INTERNAL_DIR_MODE, ROOT_HANDLE_TARGET, TRASH_DIR,
+};
 use super::sys::{self, XTarget};
 use super::BrickError;
 use crate::error::{FsError, FsResult};
@@ -40,6 +42,24 @@ pub(crate) enum Inode {
     },
 }
 
+/// Regular files open on any connection, and those among them whose last
+/// name is gone (their handle waits in `.kiln/unlink/`).
+#[derive(Default)]
+struct OpenFiles {
+    counts: HashMap<Gfid, u32>,
+    trashed: HashSet<Gfid>,
+}
+
+/// The trash path of `gfid`'s handle, relative to `.kiln/`.
+pub(crate) fn trash_rel(gfid: Gfid) -> String {
+    format!("{TRASH_DIR}/{gfid}")
+}
+
+/// True for a handle path that is in the trash.
+pub(crate) fn is_trash_rel(rel: &str) -> bool {
+    rel.starts_with(TRASH_DIR) && rel.as_bytes().get(TRASH_DIR.len()) == Some(&b'/')
+}
+
 /// One brick's directory tree and its `.kiln/` handles.
 pub(crate) struct Store {
     pub(crate) root_path: PathBuf,
@@ -47,6 +67,7 @@ pub(crate) struct Store {
     pub(crate) kiln: OwnedFd,
     dirs: Mutex<HashMap<Gfid, Arc<OwnedFd>>>,
     stripes: Vec<Mutex<()>>,
+    open: Mutex<OpenFiles>,
     /// The brick process's own uid/gid (what a new inode gets before chown).
     pub(crate) euid: u32,
     pub(crate) egid: u32,
@@ -134,13 +155,103 @@ impl Store {
             kiln,
             dirs: Mutex::new(HashMap::new()),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            open: Mutex::new(OpenFiles::default()),
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
         };
         store
             .ensure_root_handle()
             .map_err(|e| io_err(&path.join(INTERNAL_DIR), std::io::Error::from(e)))?;
+        store
+            .empty_trash()
+            .map_err(|e| io_err(&path.join(INTERNAL_DIR).join(TRASH_DIR), e))?;
         Ok(store)
+    }
+
+    /// Creates `.kiln/unlink/`, removing what a previous run left there
+    /// (files unlinked while open when that run ended).
+    fn empty_trash(&self) -> Result<(), Errno> {
+        match rustix::fs::mkdirat(
+            &self.kiln,
+            TRASH_DIR,
+            Mode::from_raw_mode(INTERNAL_DIR_MODE),
+        ) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EXIST) => {}
+            Err(e) => return Err(e),
+        }
+        let t = rustix::fs::openat(
+            &self.kiln,
+            TRASH_DIR,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut names = Vec::new();
+        let mut d = rustix::fs::Dir::read_from(&t)?;
+        while let Some(e) = d.read() {
+            let n = e?.file_name().to_bytes().to_vec();
+            if n != b"." && n != b".." {
+                names.push(n);
+            }
+        }
+        for n in names {
+            let _ = rustix::fs::unlinkat(&t, sys::os(&n), AtFlags::empty());
+        }
+        Ok(())
+    }
+
+    /// Counts an open regular file (one per brick fd).
+    pub(crate) fn file_opened(&self, gfid: Gfid) {
+        *self.open.lock().counts.entry(gfid).or_insert(0) += 1;
+    }
+
+    /// Uncounts an open regular file; the last close of an unlinked one
+    /// removes its handle from the trash.
+    pub(crate) fn file_closed(&self, gfid: Gfid) {
+        let mut open = self.open.lock();
+        let Some(n) = open.counts.get_mut(&gfid) else {
+            return;
+        };
+        *n -= 1;
+        if *n > 0 {
+            return;
+        }
+        open.counts.remove(&gfid);
+        if open.trashed.remove(&gfid) {
+            let rel = trash_rel(gfid);
+            if let Err(e) = rustix::fs::unlinkat(&self.kiln, rel.as_str(), AtFlags::empty()) {
+                tracing::warn!(%gfid, "cannot remove unlinked file's handle: {e}");
+            }
+        }
+    }
+
+    /// Retires the hard-link handle `rel` of `gfid`, whose last name is
+    /// gone: removed, or moved to the trash while the file is open.
+    pub(crate) fn retire_handle(&self, gfid: Gfid, rel: &str) -> Result<(), Errno> {
+        let mut open = self.open.lock();
+        if open.counts.get(&gfid).copied().unwrap_or(0) == 0 {
+            return rustix::fs::unlinkat(&self.kiln, rel, AtFlags::empty());
+        }
+        let trash = trash_rel(gfid);
+        rustix::fs::renameat(&self.kiln, rel, &self.kiln, trash.as_str())?;
+        open.trashed.insert(gfid);
+        Ok(())
+    }
+
+    /// Brings a trashed handle back to its place (the file got a name again).
+    pub(crate) fn restore_handle(&self, gfid: Gfid) -> Result<(), Errno> {
+        let mut open = self.open.lock();
+        let rel = gfid.handle_rel_path();
+        let trash = trash_rel(gfid);
+        match rustix::fs::renameat(&self.kiln, trash.as_str(), &self.kiln, rel.as_str()) {
+            Err(Errno::NOENT) => {
+                self.make_fanout(&rel)?;
+                rustix::fs::renameat(&self.kiln, trash.as_str(), &self.kiln, rel.as_str())?;
+            }
+            r => r?,
+        }
+        open.trashed.remove(&gfid);
+        Ok(())
     }
 
     fn ensure_root_handle(&self) -> Result<(), Errno> {
@@ -222,7 +333,7 @@ impl Store {
         let rel = gfid.handle_rel_path();
         let st = match rustix::fs::statat(&self.kiln, rel.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
-            Err(Errno::NOENT) => return Err(FsError::Stale),
+            Err(Errno::NOENT) => return self.resolve_trashed(gfid),
             Err(e) => return Err(e.into()),
         };
         // A directory's handle is a symlink with one link; a user symlink's
@@ -248,6 +359,18 @@ impl Store {
             rel,
             st: Box::new(st),
         })
+    }
+
+    /// An unlinked file that is still open, found in the trash.
+    fn resolve_trashed(&self, gfid: Gfid) -> FsResult<Inode> {
+        let rel = trash_rel(gfid);
+        match rustix::fs::statat(&self.kiln, rel.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Inode::Other {
+                rel,
+                st: Box::new(st),
+            }),
+            Err(_) => Err(FsError::Stale),
+        }
     }
 
     /// Resolves a gfid that must be a directory.

@@ -56,6 +56,8 @@ impl TestBrick {
         self.addr = addr;
         self.label = label;
         self.task = task;
+        // Serving (start-up checks done) once a handshake is answered.
+        self.client("restart-probe").await;
     }
 
     /// A connected client that completed its handshake.
