@@ -571,6 +571,11 @@ async fn deep_tree_beyond_symlink_limit() {
         parent = c.mkdir(parent, &format!("l{i}")).await.gfid;
         gfids.push(parent);
     }
+    // The kernel gives up on a chain this deep (40 links at most)...
+    let e = std::fs::read_dir(b.handle(parent)).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ELOOP));
+    // ...and one level less deep than the limit still resolves directly.
+    assert!(std::fs::read_dir(b.handle(gfids[30])).is_ok());
     drop(c);
     b.restart().await; // cold cache: the 50-deep chain must be walked
     let mut c = b.client("c").await;
@@ -945,4 +950,68 @@ async fn unlinked_open_files_stay_reachable_by_gfid() {
     drop(c);
     b.restart().await;
     assert!(!trash(h.gfid).exists());
+}
+
+#[tokio::test]
+async fn gfid_collisions_and_adoption() {
+    let b = TestBrick::start().await;
+    let mut c = b.client("c").await;
+    // A gfid already used by another file or directory: EEXIST, no leftover.
+    let (f, _) = c.create(Gfid::ROOT, "first").await;
+    let d = c.mkdir(Gfid::ROOT, "dir").await;
+    for used in [f.gfid, d.gfid] {
+        let inode = NewInode {
+            gfid: used,
+            ..new_inode(0o644)
+        };
+        let e = c
+            .err(Request::Create {
+                loc: loc(Gfid::ROOT, "second"),
+                inode: inode.clone(),
+                flags: libc::O_RDWR,
+                exclusive: true,
+            })
+            .await;
+        assert_eq!(e, FsError::Exists);
+        assert!(!b.at("second").exists());
+        let e = c
+            .err(Request::Mkdir {
+                loc: loc(Gfid::ROOT, "second"),
+                inode,
+            })
+            .await;
+        assert_eq!(e, FsError::Exists);
+        assert!(!b.at("second").exists());
+    }
+    // A file put into the brick by hand gets a gfid and a handle on lookup.
+    std::fs::write(b.at("dir/manual"), b"hand made").unwrap();
+    let m = c.lookup(d.gfid, "manual").await.unwrap();
+    assert!(!m.gfid.is_null());
+    assert_eq!(
+        xattr(&b.at("dir/manual"), "trusted.kiln.gfid").unwrap(),
+        m.gfid.0
+    );
+    assert!(b.handle(m.gfid).exists());
+    assert_eq!(
+        c.lookup(d.gfid, "manual").await.unwrap().gfid,
+        m.gfid,
+        "stable"
+    );
+    // A directory without a gfid is adopted by a mkdir naming it (heal).
+    std::fs::create_dir(b.at("dir/bare")).unwrap();
+    assert!(c.lookup(d.gfid, "bare").await.unwrap().gfid.is_null());
+    let inode = new_inode(0o750);
+    match c
+        .ok(Request::Mkdir {
+            loc: loc(d.gfid, "bare"),
+            inode: inode.clone(),
+        })
+        .await
+    {
+        Reply::Entry { iatt, .. } => assert_eq!((iatt.gfid, iatt.perm), (inode.gfid, 0o750)),
+        r => panic!("{r:?}"),
+    }
+    assert_eq!(c.lookup(d.gfid, "bare").await.unwrap().gfid, inode.gfid);
+    c.create(inode.gfid, "inside").await;
+    assert!(b.at("dir/bare/inside").exists());
 }

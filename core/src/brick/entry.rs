@@ -93,7 +93,7 @@ impl Store {
             Err(e) => return Err(e.into()),
         }
         tracing::info!(name = %loc.name, parent = %loc.parent, gfid = %g, "gave a gfid to a file found without one");
-        self.make_link_handle(dir, loc, g, st.st_ino as u64)?;
+        self.make_link_handle(dir, loc, g)?;
         Ok(g)
     }
 
@@ -290,11 +290,7 @@ impl Store {
         if kind == FileKind::Directory {
             self.make_dir_handle(inode.gfid, loc)?;
         } else {
-            let ino = match new {
-                New::Fd(fd) => rustix::fs::fstat(fd)?.st_ino,
-                New::Name => rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?.st_ino,
-            };
-            self.make_link_handle(dir.as_fd(), loc, inode.gfid, ino as u64)?;
+            self.make_link_handle(dir.as_fd(), loc, inode.gfid)?;
         }
         let mut st = match new {
             New::Fd(fd) => rustix::fs::fstat(fd)?,
@@ -315,16 +311,10 @@ impl Store {
         Ok(st)
     }
 
-    /// Hard-links `loc` (inode `ino`) as the handle of `gfid`. An existing
+    /// Hard-links `loc` as the handle of `gfid`. An existing
     /// handle of the same inode is fine; an orphaned one (link count 1) is
     /// replaced; a live one of another inode is a gfid collision (EEXIST).
-    fn make_link_handle(
-        &self,
-        dir: BorrowedFd<'_>,
-        loc: &Loc,
-        gfid: Gfid,
-        ino: u64,
-    ) -> FsResult<()> {
+    fn make_link_handle(&self, dir: BorrowedFd<'_>, loc: &Loc, gfid: Gfid) -> FsResult<()> {
         let rel = gfid.handle_rel_path();
         let name = os(loc.name.as_bytes());
         for _ in 0..4 {
@@ -334,7 +324,8 @@ impl Store {
                 Err(Errno::EXIST) => {
                     let h =
                         rustix::fs::statat(&self.kiln, rel.as_str(), AtFlags::SYMLINK_NOFOLLOW)?;
-                    if h.st_ino as u64 == ino {
+                    let me = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+                    if h.st_ino == me.st_ino && h.st_dev == me.st_dev {
                         return Ok(());
                     }
                     if h.st_nlink != 1 || FileType::from_raw_mode(h.st_mode) == FileType::Symlink {
@@ -366,8 +357,14 @@ impl Store {
                     {
                         return Ok(());
                     }
-                    // Another live directory with this gfid is a collision;
-                    // a dangling or stale handle is replaced.
+                    // Another live file or directory with this gfid is a
+                    // collision; a dangling or stale handle is replaced.
+                    let h =
+                        rustix::fs::statat(&self.kiln, rel.as_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+                    if h.st_nlink != 1 {
+                        tracing::warn!(%gfid, "gfid already in use by a file");
+                        return Err(FsError::Exists);
+                    }
                     self.forget_dir(gfid);
                     if matches!(self.resolve(gfid), Ok(super::store::Inode::Dir(_))) {
                         tracing::warn!(%gfid, "gfid already in use by another directory");
