@@ -3,10 +3,17 @@
 //! `trusted.kiln.gfid`, gfid handles under `.kiln/`, POSIX locks, statfs.
 //!
 //! PUBLIC API (other crates rely on these signatures):
-//! - `BrickConfig`, `serve(config)` — run a brick process until killed.
+//! - `BrickConfig`, `serve(config)` — run a brick process until killed
+//!   (`serve_listener` on a listener the caller bound); `BrickError`.
 //! - `prepare_brick_dir(path, volume_id, force)` — volume-create checks and
 //!   stamping, run by the management daemon on the brick's own server.
 //! - `BrickInfo` / `brick_info(path)` — what `volume status detail` shows.
+//!
+//! Inside: `server` (listener, connections, reply writer), `ops` (request
+//! dispatch, open fds), `store` (gfid resolution, handle cache), `entry`
+//! (name operations), `inode` (gfid operations, readdir), `xattrs`,
+//! `locks` (byte-range locks), `format` (the on-disk format, documented),
+//! `prepare`, `info`, `sys` (syscall helpers).
 
 mod entry;
 pub mod format;
