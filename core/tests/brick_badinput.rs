@@ -413,4 +413,44 @@ async fn bad_names_refused_and_nothing_escapes() {
         .await,
         FsError::NotDir
     );
+
+    // Offsets and lengths at the edge of u64: errors, never a crash.
+    let (r, _) = c
+        .call(
+            Request::Write {
+                fd,
+                offset: u64::MAX,
+            },
+            Bytes::from_static(b"x"),
+        )
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    let (r, _) = c
+        .call(
+            Request::Read {
+                fd,
+                offset: u64::MAX - 1,
+                size: 100,
+            },
+            Bytes::new(),
+        )
+        .await;
+    assert!(matches!(r, Err(_) | Ok(Reply::Read { eof: true })), "{r:?}");
+    let (r, _) = c
+        .call(
+            Request::Fallocate {
+                fd,
+                mode: -1,
+                offset: u64::MAX,
+                len: u64::MAX,
+            },
+            Bytes::new(),
+        )
+        .await;
+    assert!(r.is_err());
+    let (r, _) = c
+        .call(Request::Ftruncate { fd, size: u64::MAX }, Bytes::new())
+        .await;
+    assert!(r.is_err());
+    assert!(matches!(c.ok(Request::Ping).await, Reply::Pong));
 }

@@ -432,7 +432,7 @@ fn read(f: &OpenFd, offset: u64, size: usize) -> FsResult<(Bytes, bool)> {
     let fd = file_fd(f);
     let mut buf = BytesMut::with_capacity(size);
     while buf.len() < size {
-        let at = offset + buf.len() as u64;
+        let at = offset.saturating_add(buf.len() as u64);
         let (got, _) = rustix::io::pread(fd, buf.spare_capacity_mut(), at)?;
         let n = got.len();
         if n == 0 {
@@ -449,7 +449,7 @@ fn write(f: &OpenFd, offset: u64, data: &[u8]) -> FsResult<(u32, crate::iatt::Ia
     let fd = file_fd(f);
     let mut done = 0usize;
     while done < data.len() {
-        let n = rustix::io::pwrite(fd, &data[done..], offset + done as u64)?;
+        let n = rustix::io::pwrite(fd, &data[done..], offset.saturating_add(done as u64))?;
         if n == 0 {
             return Err(FsError::NoSpace);
         }
