@@ -78,11 +78,12 @@ pub fn build(spec: &VolumeSpec, client_id: &str) -> Arc<dyn Xlator> {
         ping_timeout: spec.ping_timeout(),
         client_id: client_id.to_string(),
     };
-    let _children: Vec<ProtocolClient> = spec
+    let children: Vec<Arc<dyn Xlator>> = spec
         .bricks
         .iter()
-        .map(|b| ProtocolClient::new(&spec.name, b.clone(), opts.clone()))
+        .map(|b| {
+            Arc::new(ProtocolClient::new(&spec.name, b.clone(), opts.clone())) as Arc<dyn Xlator>
+        })
         .collect();
-    let _ = Distribute::new(format!("{}-dht", spec.name), Vec::new());
-    unimplemented!("graph build lands with the protocol and DHT translators")
+    Arc::new(Distribute::new(format!("{}-dht", spec.name), children))
 }
