@@ -45,17 +45,23 @@ pub(crate) async fn accept_loop(
     listener: TcpListener,
 ) {
     let next_conn = AtomicU64::new(1);
+    // Connections belong to this future: dropping it (an aborted brick
+    // task in tests) closes them all, as a killed brick process would.
+    let mut conns = tokio::task::JoinSet::new();
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let id = next_conn.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(connection(config.clone(), shared.clone(), stream, peer, id));
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let id = next_conn.fetch_add(1, Ordering::Relaxed);
+                    conns.spawn(connection(config.clone(), shared.clone(), stream, peer, id));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
 }
@@ -94,6 +100,8 @@ fn check_handshake(config: &BrickConfig, req: Request) -> Result<String, FsError
     Ok(client_id)
 }
 
+/// One client connection: its read side and its reply writer run in this
+/// one task, so dropping it (brick shutdown) closes the socket at once.
 async fn connection(
     config: Arc<BrickConfig>,
     shared: Arc<Shared>,
@@ -103,9 +111,24 @@ async fn connection(
 ) {
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
-    let mut reader = FramedRead::with_capacity(r, FrameCodec, 256 * 1024);
     let (tx, rx) = mpsc::channel::<Out>(REPLY_QUEUE);
-    let writer = tokio::spawn(write_loop(w, rx, peer));
+    // The writer ends once the read side and every in-flight request have
+    // dropped their senders (after the last reply).
+    tokio::join!(
+        read_side(config, shared, r, tx, peer, id),
+        write_loop(w, rx, peer)
+    );
+}
+
+async fn read_side(
+    config: Arc<BrickConfig>,
+    shared: Arc<Shared>,
+    r: tokio::net::tcp::OwnedReadHalf,
+    tx: mpsc::Sender<Out>,
+    peer: SocketAddr,
+    id: u64,
+) {
+    let mut reader = FramedRead::with_capacity(r, FrameCodec, 256 * 1024);
 
     // Handshake.
     let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()).await {
@@ -132,8 +155,6 @@ async fn connection(
         Err(e) => {
             tracing::warn!(%peer, "handshake refused: {e}");
             send(&tx, first.xid, Err(e), Bytes::new()).await;
-            drop(tx);
-            let _ = writer.await;
             return;
         }
     };
@@ -199,10 +220,7 @@ async fn connection(
     // Closing files (and retiring unlinked ones) is disk work.
     tokio::task::spawn_blocking(move || drop(fds));
     tracing::info!(%peer, conn = id, open_fds = n, "client disconnected");
-    drop(tx);
     drop(reader);
-    // The writer ends once in-flight requests have answered.
-    let _ = writer.await;
 }
 
 async fn send(tx: &mpsc::Sender<Out>, xid: u64, rep: ReplyResult, data: Bytes) {
