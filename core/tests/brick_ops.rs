@@ -1015,3 +1015,13 @@ async fn gfid_collisions_and_adoption() {
     c.create(inode.gfid, "inside").await;
     assert!(b.at("dir/bare/inside").exists());
 }
+
+#[tokio::test]
+async fn stopping_the_brick_closes_its_connections() {
+    let b = TestBrick::start().await;
+    let mut c = b.client("c").await;
+    assert!(matches!(c.ok(Request::Ping).await, Reply::Pong));
+    b.task.abort();
+    // Like a killed brick process: the client sees the connection end.
+    assert!(c.recv().await.is_none());
+}
