@@ -11,7 +11,14 @@ use std::time::Instant;
 #[test]
 #[ignore]
 fn fuse_layer_speed() {
-    let m = common::mount_mem();
+    let mut cfg = kiln_fuse::MountConfig::default();
+    if let Some(n) = std::env::var("KILN_FUSE_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.threads = n;
+    }
+    let m = common::mount_mem_with(cfg);
     let size: usize = 512 << 20;
     let block = vec![0xa5u8; 1 << 20];
     let t = Instant::now();

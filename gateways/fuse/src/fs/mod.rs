@@ -12,6 +12,7 @@ use std::ffi::OsStr;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::task::{Context, Waker};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -124,10 +125,25 @@ impl KilnFs {
     {
         let fut = op(self.inner.clone());
         let ttl = self.inner.ttl;
-        self.rt.spawn(async move {
+        self.start(async move {
             let r = fut.await;
             reply.answer(&ttl, r);
         });
+    }
+
+    /// Starts a request task: polls it once right here, on the fuser thread,
+    /// so its first message to a brick leaves without waiting for a runtime
+    /// worker to wake up (and a request that completes at once is answered
+    /// at once); hands it to the runtime if it has to wait.
+    fn start(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let mut task = Box::pin(task);
+        let _ctx = self.rt.enter();
+        let mut cx = Context::from_waker(Waker::noop());
+        if task.as_mut().poll(&mut cx).is_pending() {
+            // The runtime polls a new task at once, registering its own
+            // waker, so nothing signalled meanwhile is lost.
+            self.rt.spawn(task);
+        }
     }
 }
 
@@ -433,7 +449,7 @@ impl Filesystem for KilnFs {
         reply: ReplyDirectory,
     ) {
         let inner = self.inner.clone();
-        self.rt.spawn(async move {
+        self.start(async move {
             inner
                 .readdir(ino.0, fh.0, offset, dir::Sink::Plain(reply))
                 .await
@@ -449,7 +465,7 @@ impl Filesystem for KilnFs {
         reply: ReplyDirectoryPlus,
     ) {
         let inner = self.inner.clone();
-        self.rt.spawn(async move {
+        self.start(async move {
             inner
                 .readdir(ino.0, fh.0, offset, dir::Sink::Plus(reply))
                 .await
