@@ -3,6 +3,9 @@
 //! through the gfid handle, works relative to that directory's fd, and keeps
 //! the `.kiln/` handles in step with the names.
 
+// `stat`/`statfs` field types differ between architectures: keep the casts.
+#![allow(clippy::unnecessary_cast)]
+
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, XattrFlags};
 use rustix::io::Errno;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

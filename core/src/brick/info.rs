@@ -3,6 +3,9 @@
 //! from an ext2/3/4 or XFS superblock when the device is readable), and
 //! space and inode counts.
 
+// `stat`/`statfs` field types differ between architectures: keep the casts.
+#![allow(clippy::unnecessary_cast)]
+
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::{Path, PathBuf};

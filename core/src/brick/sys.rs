@@ -2,6 +2,9 @@
 //! (by fd, or by path without following a final symlink), `/proc/self/fd`
 //! paths for calls that have no `*at` form, and `stat` -> `Iatt`.
 
+// `stat`/`statfs` field types differ between architectures: keep the casts.
+#![allow(clippy::unnecessary_cast)]
+
 use rustix::fs::{FileType, OFlags, Stat, XattrFlags};
 use rustix::io::Errno;
 use std::ffi::{OsStr, OsString};
