@@ -2,7 +2,7 @@
 //! protocol client and DHT, checked against the brick directories on disk.
 
 use bytes::Bytes;
-use kiln_core::brick::{prepare_brick_dir, serve, BrickConfig};
+use kiln_core::brick::{prepare_brick_dir, serve_listener, BrickConfig};
 use kiln_core::client::{Caller, Volume};
 use kiln_core::graph::{BrickSpec, VolumeKind, VolumeSpec};
 use kiln_core::{FsError, Gfid, Name};
@@ -34,7 +34,8 @@ async fn start_volume(n: usize) -> TestVolume {
     for i in 0..n {
         let path = dir.path().join(format!("brick{i}"));
         prepare_brick_dir(&path, &id, true).unwrap();
-        let port = free_port();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
         let label = format!("127.0.0.1:{}", path.display());
         let cfg = BrickConfig {
             volume: "tv".into(),
@@ -44,7 +45,7 @@ async fn start_volume(n: usize) -> TestVolume {
             listen: format!("127.0.0.1:{port}").parse().unwrap(),
         };
         tasks.push(tokio::spawn(async move {
-            let _ = serve(cfg).await;
+            let _ = serve_listener(cfg, listener).await;
         }));
         specs.push(BrickSpec {
             subvol: format!("tv-client-{i}"),
