@@ -28,6 +28,9 @@ struct Entry {
     /// Until when the inode is known to carry no `security.capability`
     /// (set at create: the kernel probes it before the first write).
     no_caps_until: Option<Instant>,
+    /// This client took a lock on the inode (close must then release it
+    /// only after the file's writes have landed).
+    locked: bool,
     /// The directory this inode was last found in (for `..`).
     parent: u64,
 }
@@ -58,6 +61,7 @@ impl InodeTable {
                 seen: None,
                 cache_stamp: None,
                 no_caps_until: None,
+                locked: false,
                 parent: ROOT_INO,
             },
         );
@@ -116,6 +120,7 @@ impl InodeTable {
                         seen: Some((Instant::now(), generation)),
                         cache_stamp: own.then_some((iatt.mtime, iatt.size)),
                         no_caps_until: None,
+                        locked: false,
                         parent,
                     },
                 );
@@ -153,6 +158,45 @@ impl InodeTable {
                 e.iatt = Some(iatt.clone());
             }
         }
+    }
+
+    /// Folds in the attributes a background write returned: sizes and
+    /// times only grow (replies of overlapping writes arrive in any order).
+    pub(crate) fn merge_write(&self, iatt: &Iatt) {
+        let mut t = self.inner.lock();
+        let generation = t.generation;
+        if let Some(e) = t.map.get_mut(&iatt.ino()) {
+            if e.gfid != iatt.gfid {
+                return;
+            }
+            let merged = match e.iatt.take() {
+                Some(old) => Iatt {
+                    size: old.size.max(iatt.size),
+                    blocks: old.blocks.max(iatt.blocks),
+                    mtime: old.mtime.max(iatt.mtime),
+                    ctime: old.ctime.max(iatt.ctime),
+                    ..iatt.clone()
+                },
+                None => iatt.clone(),
+            };
+            if e.cache_stamp.is_some() {
+                e.cache_stamp = Some((merged.mtime, merged.size));
+            }
+            e.iatt = Some(merged);
+            e.seen = Some((Instant::now(), generation));
+        }
+    }
+
+    /// Notes that this client locked `ino`.
+    pub(crate) fn mark_locked(&self, ino: u64) {
+        if let Some(e) = self.inner.lock().map.get_mut(&ino) {
+            e.locked = true;
+        }
+    }
+
+    /// True if this client ever locked `ino` (while the kernel knew it).
+    pub(crate) fn ever_locked(&self, ino: u64) -> bool {
+        self.inner.lock().map.get(&ino).is_none_or(|e| e.locked)
     }
 
     /// Applies this client's own change to a directory's entries: times to
@@ -336,6 +380,24 @@ mod tests {
         t.invalidate(ino);
         t.touch_dir(ino, when, 0);
         assert!(t.fresh_attr(ino).is_none());
+    }
+
+    #[test]
+    fn background_write_attrs_only_grow() {
+        let t = InodeTable::new(Duration::from_secs(60));
+        let g = Gfid::new_random();
+        let ino = t.remember(&iatt(g, 0), ROOT_INO, true).unwrap();
+        let mut late = iatt(g, 8192);
+        late.mtime = Timespec { sec: 5, nsec: 0 };
+        t.merge_write(&late);
+        let mut early = iatt(g, 4096);
+        early.mtime = Timespec { sec: 4, nsec: 0 };
+        t.merge_write(&early);
+        let a = t.fresh_attr(ino).unwrap();
+        assert_eq!((a.size, a.mtime.sec), (8192, 5));
+        assert!(!t.ever_locked(ino));
+        t.mark_locked(ino);
+        assert!(t.ever_locked(ino));
     }
 
     #[test]

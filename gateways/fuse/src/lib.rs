@@ -13,6 +13,7 @@ mod fs;
 mod handles;
 mod inode;
 mod session;
+mod write_behind;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -10,10 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln_core::brick::{prepare_brick_dir, serve, BrickConfig};
-use kiln_core::client::distribute::Distribute;
-use kiln_core::client::protocol::{ProtocolClient, ProtocolOptions};
-use kiln_core::client::{Volume, Xlator};
+use kiln_core::brick::{prepare_brick_dir, serve_listener, BrickConfig};
+use kiln_core::client::Volume;
 use kiln_core::graph::{BrickSpec, VolumeKind, VolumeSpec};
 use kiln_fuse::{FuseMount, MountConfig};
 
@@ -52,33 +50,6 @@ impl Drop for Cluster {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The client graph (DHT over one protocol client per brick), built here
-/// until `graph::build` does it.
-fn build_volume(rt: &tokio::runtime::Runtime, spec: VolumeSpec) -> Volume {
-    let _ctx = rt.enter();
-    let opts = ProtocolOptions {
-        ping_timeout: spec.ping_timeout(),
-        client_id: "fuse-e2e".into(),
-    };
-    let children: Vec<Arc<dyn Xlator>> = spec
-        .bricks
-        .iter()
-        .map(|b| {
-            Arc::new(ProtocolClient::new(&spec.name, b.clone(), opts.clone())) as Arc<dyn Xlator>
-        })
-        .collect();
-    let top = Arc::new(Distribute::new(format!("{}-dht", spec.name), children));
-    Volume::with_top(spec, top)
-}
-
 fn start(n: usize, data_root: Option<&Path>) -> Cluster {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -95,7 +66,10 @@ fn start(n: usize, data_root: Option<&Path>) -> Cluster {
     for i in 0..n {
         let path = data.path().join(format!("brick{i}"));
         prepare_brick_dir(&path, &id, true).unwrap();
-        let port = free_port();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
         let cfg = BrickConfig {
             volume: "fv".into(),
             volume_id: id.clone(),
@@ -104,7 +78,7 @@ fn start(n: usize, data_root: Option<&Path>) -> Cluster {
             listen: format!("127.0.0.1:{port}").parse().unwrap(),
         };
         rt.spawn(async move {
-            if let Err(e) = serve(cfg).await {
+            if let Err(e) = serve_listener(cfg, listener).await {
                 eprintln!("brick failed: {e}");
             }
         });
@@ -126,7 +100,10 @@ fn start(n: usize, data_root: Option<&Path>) -> Cluster {
         options,
         generation: 1,
     };
-    let vol = Arc::new(build_volume(&rt, spec));
+    let vol = {
+        let _ctx = rt.enter();
+        Arc::new(Volume::new(spec))
+    };
     let root = rt
         .block_on(vol.wait_ready(Duration::from_secs(20)))
         .expect("volume ready");

@@ -130,8 +130,8 @@ impl Inner {
                     ));
                 }
                 let iatt = match e.iatt {
-                    Some(i) => i,
-                    None => {
+                    Some(i) if !self.wb.busy(i.ino()) => i,
+                    _ => {
                         let i = self.entry_attr(dir, &e).await?;
                         s.set_iatt(pos, i.clone());
                         i
@@ -167,6 +167,7 @@ impl Inner {
     /// Attributes of a listed entry the stack returned without them.
     async fn entry_attr(&self, dir: u64, e: &Listed) -> FsResult<Iatt> {
         if e.gfid != Gfid::NULL {
+            self.wb.drain(e.gfid.ino()).await;
             match self.vol.getattr(e.gfid).await {
                 Ok(i) => return Ok(i),
                 Err(FsError::Stale) | Err(FsError::NotFound) => {}

@@ -49,7 +49,12 @@ impl Inner {
     pub(crate) async fn lookup(&self, parent: u64, os: &OsStr) -> FsResult<FileAttr> {
         let pgfid = self.inodes.gfid(parent)?;
         let name = name(os)?;
-        let l = self.vol.lookup(pgfid, &name).await?;
+        let mut l = self.vol.lookup(pgfid, &name).await?;
+        if self.wb.busy(l.iatt.ino()) {
+            // Its size is still growing: answer once the writes landed.
+            self.wb.drain(l.iatt.ino()).await;
+            l.iatt = self.vol.getattr(l.iatt.gfid).await?;
+        }
         self.entry(&l.iatt, parent, false)
     }
 

@@ -1,18 +1,21 @@
 //! Open-file operations: open, read, write, flush, release, fsync,
 //! fallocate, readlink.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use fuser::FopenFlags;
 use kiln_core::proto::{FileLock, LockCmd, LockType};
 use kiln_core::{FsError, FsResult};
 
 use super::reply::Opened;
-use super::Inner;
+use super::{Inner, WRITE_BEHIND_UNITS};
 use crate::handles::Handle;
 
 impl Inner {
     pub(crate) async fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
         let gfid = self.inodes.gfid(ino)?;
+        self.wb.drain(ino).await;
         let mut fopen = FopenFlags::empty();
         let fd = if self.cfg.keep_cache {
             // Close-to-open: the kernel keeps its cached pages only if the
@@ -32,47 +35,92 @@ impl Inner {
         Ok(Opened { fh, flags: fopen })
     }
 
-    pub(crate) async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+    pub(crate) async fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let fd = self.handles.fd(fh)?;
+        self.wb.drain(ino).await;
         self.vol.read(&fd, offset, size).await
     }
 
     /// `kill`: the kernel asks to clear set-user/group-ID bits (a write by
-    /// an unprivileged process).
+    /// an unprivileged process). Writes go behind unless the file was
+    /// opened for synchronous, direct or appending I/O.
     pub(crate) async fn write(
-        &self,
+        self: Arc<Self>,
+        ino: u64,
         fh: u64,
         offset: u64,
         data: Bytes,
         kill: bool,
     ) -> FsResult<u32> {
         let fd = self.handles.fd(fh)?;
-        let (n, mut iatt) = self.vol.write(&fd, offset, data).await?;
-        if kill {
-            if let Some(iatt2) = self.kill_privs(&iatt, true).await? {
-                iatt = iatt2;
+        let len = data.len();
+        let sync_flags = libc::O_DSYNC | libc::O_DIRECT | libc::O_APPEND;
+        if !self.cfg.write_behind || kill || fd.flags & sync_flags != 0 {
+            self.wb.settle(ino).await?;
+            let (n, mut iatt) = self.vol.write(&fd, offset, data).await?;
+            if kill {
+                if let Some(iatt2) = self.kill_privs(&iatt, true).await? {
+                    iatt = iatt2;
+                }
             }
+            self.inodes.update(&iatt, true);
+            return Ok(n);
         }
-        self.inodes.update(&iatt, true);
-        Ok(n)
+        let ticket = self.wb.begin(ino, offset, len).await?;
+        let units = u32::try_from(len.div_ceil(4096).clamp(1, WRITE_BEHIND_UNITS)).unwrap_or(1);
+        let permit = match self.wb_budget.clone().acquire_many_owned(units).await {
+            Ok(p) => p,
+            Err(_) => {
+                self.wb.finish(ticket, Ok(()), len);
+                return Err(FsError::Io("write-behind closed".into()));
+            }
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            let r = match me.vol.write(&fd, offset, data).await {
+                Ok((n, iatt)) => {
+                    me.inodes.merge_write(&iatt);
+                    if (n as usize) < len {
+                        Err(FsError::NoSpace)
+                    } else {
+                        Ok(())
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            me.wb.finish(ticket, r, len);
+            drop(permit);
+        });
+        Ok(len as u32)
     }
 
-    pub(crate) async fn flush(&self, fh: u64, lock_owner: u64) -> FsResult<()> {
+    /// A close(2): waits for the file's background writes and reports
+    /// their failure; releases `lock_owner`'s POSIX locks.
+    pub(crate) async fn flush(&self, ino: u64, fh: u64, lock_owner: u64) -> FsResult<()> {
         let h = self.handles.get(fh)?;
         h.owners(|o| o.flushed(lock_owner));
-        self.vol.flush(h.fd(), lock_owner).await
+        if self.inodes.ever_locked(ino) {
+            // Locks guard the data: release them only once it has landed.
+            self.wb.settle(ino).await?;
+            return self.vol.flush(h.fd(), lock_owner).await;
+        }
+        let (written, flushed) =
+            tokio::join!(self.wb.settle(ino), self.vol.flush(h.fd(), lock_owner));
+        written.and(flushed)
     }
 
     /// Last close of a file or directory. `flock_owner`: the kernel asks to
     /// drop that owner's flock; `flush`: it asks for a flush first.
     pub(crate) async fn release(
         &self,
+        ino: u64,
         fh: u64,
         flock_owner: Option<u64>,
         flush: bool,
     ) -> FsResult<()> {
         let handle = self.handles.remove(fh)?;
         let fd = handle.fd();
+        self.wb.drain(ino).await;
         if flush {
             if let Err(e) = self.vol.flush(fd, flock_owner.unwrap_or(0)).await {
                 tracing::debug!(fd = ?fd, error = %e, "flush at release failed");
@@ -97,8 +145,9 @@ impl Inner {
         self.vol.release(fd).await
     }
 
-    pub(crate) async fn fsync(&self, fh: u64, datasync: bool, dir: bool) -> FsResult<()> {
+    pub(crate) async fn fsync(&self, ino: u64, fh: u64, datasync: bool, dir: bool) -> FsResult<()> {
         let fd = self.handles.fd(fh)?;
+        self.wb.settle(ino).await?;
         match self.vol.fsync(&fd, datasync).await {
             // A stack that cannot sync directories has nothing to sync.
             Err(FsError::NotSupported) if dir => Ok(()),
@@ -115,6 +164,7 @@ impl Inner {
         mode: i32,
     ) -> FsResult<()> {
         let fd = self.handles.fd(fh)?;
+        self.wb.drain(ino).await;
         let r = self.vol.fallocate(&fd, mode, offset, len).await;
         self.inodes.invalidate(ino);
         r

@@ -56,6 +56,7 @@ fn xattr_name(os: &OsStr) -> FsResult<&str> {
 
 impl Inner {
     pub(crate) async fn getattr(&self, ino: u64) -> FsResult<FileAttr> {
+        self.wb.drain(ino).await;
         if let Some(iatt) = self.inodes.fresh_attr(ino) {
             return Ok(file_attr(&iatt));
         }
@@ -67,6 +68,7 @@ impl Inner {
 
     pub(crate) async fn setattr(&self, ino: u64, c: AttrChange) -> FsResult<FileAttr> {
         let gfid = self.inodes.gfid(ino)?;
+        self.wb.drain(ino).await;
         let mut set = SetAttr {
             mode: c.mode.map(|m| m & 0o7777),
             uid: c.uid,
@@ -202,6 +204,7 @@ impl Inner {
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn setlk(
         &self,
+        ino: u64,
         fh: u64,
         owner: u64,
         start: u64,
@@ -215,7 +218,10 @@ impl Inner {
         let lock = file_lock(start, end, typ, owner, pid)?;
         if typ != libc::F_UNLCK {
             h.owners(|o| o.locked(owner));
+            self.inodes.mark_locked(ino);
         }
+        // Writes made under a lock land before it is released or changed.
+        self.wb.drain(ino).await;
         let cmd = if sleep {
             LockCmd::SetWait
         } else {

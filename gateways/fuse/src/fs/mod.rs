@@ -27,6 +27,7 @@ use kiln_core::{FsResult, Iatt};
 
 use crate::handles::HandleTable;
 use crate::inode::InodeTable;
+use crate::write_behind::WriteBehind;
 use reply::{Answer, Ttls};
 
 /// How the file system behaves towards the kernel.
@@ -45,6 +46,11 @@ pub struct FsConfig {
     pub max_write: u32,
     /// Kernel read-ahead per file, in bytes.
     pub max_readahead: u32,
+    /// Acknowledge writes at once and send them in the background
+    /// (failures reported by the next write, flush or fsync).
+    pub write_behind: bool,
+    /// Bytes of background writes in flight per file.
+    pub write_behind_window: usize,
 }
 
 impl Default for FsConfig {
@@ -56,6 +62,8 @@ impl Default for FsConfig {
             writeback_cache: false,
             max_write: 1 << 20,
             max_readahead: 1 << 20,
+            write_behind: true,
+            write_behind_window: 4 << 20,
         }
     }
 }
@@ -71,7 +79,16 @@ pub(crate) struct Inner {
     /// (FUSE_HANDLE_KILLPRIV_V2), which spares a security.capability probe
     /// on every write.
     pub(crate) killpriv: std::sync::atomic::AtomicBool,
+    /// Background writes.
+    pub(crate) wb: WriteBehind,
+    /// Bytes of background writes in flight for the whole mount, in 4 KiB
+    /// units.
+    pub(crate) wb_budget: Arc<tokio::sync::Semaphore>,
 }
+
+/// Background writes the whole mount may have in flight, in 4 KiB units
+/// (64 MiB).
+pub(crate) const WRITE_BEHIND_UNITS: usize = (64 << 20) / 4096;
 
 /// The FUSE file system of one mounted volume.
 pub struct KilnFs {
@@ -89,6 +106,7 @@ impl KilnFs {
         root: Option<&Iatt>,
     ) -> KilnFs {
         let inodes = InodeTable::new(cfg.attr_timeout);
+        let cfg_window = cfg.write_behind_window;
         if let Some(root) = root {
             inodes.update(root, false);
         }
@@ -104,6 +122,8 @@ impl KilnFs {
                 cfg,
                 ttl,
                 killpriv: std::sync::atomic::AtomicBool::new(false),
+                wb: WriteBehind::new(cfg_window),
+                wb_budget: Arc::new(tokio::sync::Semaphore::new(WRITE_BEHIND_UNITS)),
             }),
             rt,
         }
@@ -365,7 +385,7 @@ impl Filesystem for KilnFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -373,13 +393,16 @@ impl Filesystem for KilnFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.run(reply, |i| async move { i.read(fh.0, offset, size).await });
+        self.run(
+            reply,
+            |i| async move { i.read(ino.0, fh.0, offset, size).await },
+        );
     }
 
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -390,27 +413,28 @@ impl Filesystem for KilnFs {
     ) {
         let data = Bytes::copy_from_slice(data);
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        self.run(
-            reply,
-            |i| async move { i.write(fh.0, offset, data, kill).await },
-        );
+        self.run(reply, |i| async move {
+            i.write(ino.0, fh.0, offset, data, kill).await
+        });
     }
 
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.run(reply, |i| async move { i.flush(fh.0, lock_owner.0).await });
+        self.run(reply, |i| async move {
+            i.flush(ino.0, fh.0, lock_owner.0).await
+        });
     }
 
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         lock_owner: Option<LockOwner>,
@@ -418,22 +442,21 @@ impl Filesystem for KilnFs {
         reply: ReplyEmpty,
     ) {
         self.run(reply, |i| async move {
-            i.release(fh.0, lock_owner.map(|o| o.0), flush).await
+            i.release(ino.0, fh.0, lock_owner.map(|o| o.0), flush).await
         });
     }
 
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.run(
-            reply,
-            |i| async move { i.fsync(fh.0, datasync, false).await },
-        );
+        self.run(reply, |i| async move {
+            i.fsync(ino.0, fh.0, datasync, false).await
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -475,26 +498,27 @@ impl Filesystem for KilnFs {
     fn releasedir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.run(reply, |i| async move { i.release(fh.0, None, false).await });
+        self.run(reply, |i| async move {
+            i.release(ino.0, fh.0, None, false).await
+        });
     }
 
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.run(
-            reply,
-            |i| async move { i.fsync(fh.0, datasync, true).await },
-        );
+        self.run(reply, |i| async move {
+            i.fsync(ino.0, fh.0, datasync, true).await
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -575,7 +599,7 @@ impl Filesystem for KilnFs {
     fn setlk(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
@@ -586,7 +610,7 @@ impl Filesystem for KilnFs {
         reply: ReplyEmpty,
     ) {
         self.run(reply, |i| async move {
-            i.setlk(fh.0, lock_owner.0, start, end, typ, pid, sleep)
+            i.setlk(ino.0, fh.0, lock_owner.0, start, end, typ, pid, sleep)
                 .await
         });
     }

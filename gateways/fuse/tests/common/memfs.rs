@@ -46,6 +46,10 @@ pub struct MemFs {
     unlocked: Notify,
     /// Calls per operation name, to check what the kernel asks.
     calls: Mutex<HashMap<&'static str, usize>>,
+    /// When set, writes fail with this error (after a short delay).
+    fail_writes: Mutex<Option<FsError>>,
+    /// Delay added to every write.
+    write_delay: Mutex<std::time::Duration>,
 }
 
 fn now() -> Timespec {
@@ -105,7 +109,19 @@ impl MemFs {
             }),
             unlocked: Notify::new(),
             calls: Mutex::new(HashMap::new()),
+            fail_writes: Mutex::new(None),
+            write_delay: Mutex::new(std::time::Duration::ZERO),
         }
+    }
+
+    /// Makes every later write fail with `e` (None: succeed again).
+    pub fn fail_writes(&self, e: Option<FsError>) {
+        *self.fail_writes.lock() = e;
+    }
+
+    /// Delays every later write by `d` (so writes overlap in flight).
+    pub fn delay_writes(&self, d: std::time::Duration) {
+        *self.write_delay.lock() = d;
     }
 
     fn count(&self, op: &'static str) {
@@ -479,6 +495,15 @@ impl Xlator for MemFs {
 
     async fn write(&self, fd: &Fd, offset: u64, data: Bytes) -> FsResult<(u32, Iatt)> {
         self.count("write");
+        let delay = *self.write_delay.lock();
+        if !delay.is_zero() {
+            // Later writes finish first: out-of-order completion.
+            let jitter = (offset / 4096 % 3) as u32;
+            tokio::time::sleep(delay / (1 + jitter)).await;
+        }
+        if let Some(e) = self.fail_writes.lock().clone() {
+            return Err(e);
+        }
         let mut st = self.state.lock();
         let n = st.node_mut(fd.gfid)?;
         let off = if fd.flags & libc::O_APPEND != 0 {
