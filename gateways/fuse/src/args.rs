@@ -172,6 +172,8 @@ pub struct ClientOptions {
     pub log_file: Option<PathBuf>,
     /// Log level (`log-level=`): error, warn, info, debug, trace.
     pub log_level: Option<String>,
+    /// Where the serving process writes its pid (`pid-file=`).
+    pub pid_file: Option<PathBuf>,
     /// How long to wait for the volume to answer before failing the mount.
     pub ready_timeout: Duration,
     /// Options not understood (reported, then ignored).
@@ -184,6 +186,19 @@ fn seconds(o: &str, v: &str) -> Result<Duration, MountArgsError> {
         .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
         .map(Duration::from_secs_f64)
         .ok_or_else(|| MountArgsError::BadOption(o.to_string()))
+}
+
+/// A byte count with an optional K/M/G (or KB/MB/GB) suffix.
+fn size(v: &str) -> Option<usize> {
+    let v = v.trim().to_ascii_uppercase();
+    let v = v.strip_suffix('B').unwrap_or(&v);
+    let (num, mult) = match v.chars().last()? {
+        'K' => (&v[..v.len() - 1], 1usize << 10),
+        'M' => (&v[..v.len() - 1], 1 << 20),
+        'G' => (&v[..v.len() - 1], 1 << 30),
+        _ => (v, 1),
+    };
+    num.trim().parse::<usize>().ok()?.checked_mul(mult)
 }
 
 fn yes_no(o: &str, v: Option<&str>) -> Result<bool, MountArgsError> {
@@ -203,6 +218,7 @@ impl ClientOptions {
             volfile: None,
             log_file: None,
             log_level: None,
+            pid_file: None,
             ready_timeout: Duration::from_secs(30),
             unknown: Vec::new(),
         };
@@ -252,6 +268,13 @@ impl ClientOptions {
                         .ok_or_else(|| MountArgsError::BadOption(o.clone()))?
                 }
                 ("ready-timeout", Some(v)) => c.ready_timeout = seconds(o, v)?,
+                ("write-behind", v) => c.mount.fs.write_behind = yes_no(o, v)?,
+                ("write-behind-window-size", Some(v)) => {
+                    c.mount.fs.write_behind_window = size(v)
+                        .filter(|n| (4096..=(256 << 20)).contains(n))
+                        .ok_or_else(|| MountArgsError::BadOption(o.clone()))?
+                }
+                ("pid-file", Some(v)) => c.pid_file = Some(PathBuf::from(v)),
                 ("backup-volfile-servers", Some(v)) => c
                     .backup_servers
                     .extend(v.split(':').filter(|s| !s.is_empty()).map(String::from)),
@@ -346,5 +369,15 @@ mod tests {
         assert_eq!(c.volfile, Some(PathBuf::from("/s.json")));
         assert_eq!(c.unknown, ["frobnicate"]);
         assert!(ClientOptions::parse(&["entry-timeout=x".to_string()]).is_err());
+        let wb = ClientOptions::parse(&[
+            "write-behind=off".to_string(),
+            "write-behind-window-size=2MB".to_string(),
+        ])
+        .unwrap();
+        assert!(!wb.mount.fs.write_behind);
+        assert_eq!(wb.mount.fs.write_behind_window, 2 << 20);
+        assert_eq!(size("512k"), Some(512 << 10));
+        assert_eq!(size("4096"), Some(4096));
+        assert_eq!(size("x"), None);
     }
 }

@@ -73,7 +73,13 @@ pub fn mount_main(args: MountArgs) -> anyhow::Result<()> {
         daemon::Forked::Parent(Err(msg)) => Err(anyhow!(msg)),
         daemon::Forked::Child(mut notifier) => {
             init_logging(&job, false);
-            let code = match serve(&job, Some(&mut notifier)) {
+            // stderr is /dev/null now: panics go to the log.
+            std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
+            let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                serve(&job, Some(&mut notifier))
+            }));
+            let served = served.unwrap_or_else(|_| Err(anyhow!("internal error (see the log)")));
+            let code = match served {
                 Ok(()) => 0,
                 Err(e) => {
                     tracing::error!("mount failed: {e:#}");
@@ -109,7 +115,11 @@ fn serve(job: &Job, notifier: Option<&mut daemon::Notifier>) -> anyhow::Result<(
         .context("starting the runtime")?;
     let spec = rt.block_on(load_spec(job))?;
     tracing::info!(volume = %spec.name, bricks = spec.bricks.len(), "volume spec loaded");
-    let vol = Arc::new(Volume::new(spec));
+    let vol = {
+        // The graph's protocol clients start their connections on `rt`.
+        let _ctx = rt.enter();
+        Arc::new(Volume::new(spec))
+    };
     let root = rt
         .block_on(vol.wait_ready(job.opts.ready_timeout))
         .map_err(|e| anyhow!("volume {} is not reachable: {e}", job.volume))?;
@@ -121,6 +131,11 @@ fn serve(job: &Job, notifier: Option<&mut daemon::Notifier>) -> anyhow::Result<(
         &job.opts.mount,
     )
     .with_context(|| format!("mounting on {}", job.mountpoint.display()))?;
+    if let Some(p) = &job.opts.pid_file {
+        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+            tracing::warn!(path = %p.display(), error = %e, "cannot write the pid file");
+        }
+    }
     if let Some(n) = notifier {
         n.ready();
     }
@@ -144,6 +159,9 @@ fn serve(job: &Job, notifier: Option<&mut daemon::Notifier>) -> anyhow::Result<(
     });
     let r = mount.wait();
     tracing::info!("unmounted; exiting");
+    if let Some(p) = &job.opts.pid_file {
+        let _ = std::fs::remove_file(p);
+    }
     drop(vol);
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     r.context("serving the mount")
