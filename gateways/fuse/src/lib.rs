@@ -10,6 +10,7 @@ mod args;
 mod convert;
 mod daemon;
 mod fs;
+mod fusermount;
 mod handles;
 mod inode;
 mod session;

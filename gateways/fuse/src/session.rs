@@ -1,6 +1,6 @@
 //! Mounting: puts a `KilnFs` on a mount point and serves it on fuser
 //! threads until the mount goes away. As root it calls mount(2) itself
-//! (type `fuse.kiln`, source `HOST:/VOL`); otherwise fuser's `fusermount3`.
+//! (type `fuse.kiln`, source `HOST:/VOL`); otherwise `fusermount3` does.
 
 use std::ffi::CString;
 use std::fs::OpenOptions;
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use fuser::{Config, MountOption, Session, SessionACL};
+use fuser::{Config, Session, SessionACL};
 use kiln_core::client::Volume;
 use kiln_core::Iatt;
 
@@ -59,35 +59,21 @@ impl KernelFlags {
         f
     }
 
-    fn fuser_options(&self) -> Vec<MountOption> {
-        let mut o = vec![
-            if self.read_only {
-                MountOption::RO
-            } else {
-                MountOption::RW
-            },
-            if self.suid {
-                MountOption::Suid
-            } else {
-                MountOption::NoSuid
-            },
-            if self.dev {
-                MountOption::Dev
-            } else {
-                MountOption::NoDev
-            },
-        ];
-        if self.noexec {
-            o.push(MountOption::NoExec);
-        }
-        if self.noatime {
-            o.push(MountOption::NoAtime);
-        }
-        if self.sync {
-            o.push(MountOption::Sync);
-        }
-        if self.dirsync {
-            o.push(MountOption::DirSync);
+    /// The same flags as `fusermount3 -o` words.
+    fn words(&self) -> Vec<&'static str> {
+        let mut o = vec![if self.read_only { "ro" } else { "rw" }];
+        for (on, word) in [
+            (!self.suid, "nosuid"),
+            (!self.dev, "nodev"),
+            (self.noexec, "noexec"),
+            (self.noatime, "noatime"),
+            (self.nodiratime, "nodiratime"),
+            (self.sync, "sync"),
+            (self.dirsync, "dirsync"),
+        ] {
+            if on {
+                o.push(word);
+            }
         }
         o
     }
@@ -147,6 +133,16 @@ impl FuseMount {
         let mountpoint = mountpoint.canonicalize()?;
         let fs = KilnFs::new(vol, rt, cfg.fs.clone(), root);
         let stats = fs.stats();
+        // SAFETY: geteuid has no preconditions.
+        let root_user = unsafe { libc::geteuid() } == 0;
+        let mut cfg = cfg.clone();
+        if cfg.allow_other && !root_user && !user_allow_other() {
+            tracing::warn!(
+                "allow_other needs user_allow_other in /etc/fuse.conf: only this user can use the mount"
+            );
+            cfg.allow_other = false;
+        }
+        let cfg = &cfg;
         let acl = if cfg.allow_other {
             SessionACL::All
         } else {
@@ -156,23 +152,24 @@ impl FuseMount {
         config.acl = acl;
         config.n_threads = Some(cfg.threads.max(1));
         config.clone_fd = cfg.threads > 1;
-        // SAFETY: geteuid has no preconditions.
-        let session = if unsafe { libc::geteuid() } == 0 {
-            let fd = mount_direct(&mountpoint, cfg)?;
-            Session::from_fd(fs, fd, acl, config)?
+        let fd = if root_user {
+            mount_direct(&mountpoint, cfg)?
         } else {
-            config.mount_options = cfg.flags.fuser_options();
-            config
-                .mount_options
-                .push(MountOption::FSName(cfg.fsname.clone()));
-            config
-                .mount_options
-                .push(MountOption::Subtype("kiln".into()));
+            let mut words = cfg.flags.words();
             if cfg.default_permissions {
-                config.mount_options.push(MountOption::DefaultPermissions);
+                words.push("default_permissions");
             }
-            Session::new(fs, &mountpoint, &config)?
+            if cfg.allow_other {
+                words.push("allow_other");
+            }
+            let opts = format!(
+                "{},fsname={},subtype=kiln",
+                words.join(","),
+                cfg.fsname.replace([',', '\\'], "_")
+            );
+            crate::fusermount::mount(&mountpoint, &opts)?
         };
+        let session = Session::from_fd(fs, fd, acl, config)?;
         let thread = std::thread::Builder::new()
             .name("kiln-fuse".into())
             .spawn(move || session.run())?;
@@ -229,6 +226,13 @@ impl Drop for FuseMount {
             let _ = self.join();
         }
     }
+}
+
+/// True if /etc/fuse.conf lets unprivileged users mount with allow_other.
+fn user_allow_other() -> bool {
+    std::fs::read_to_string("/etc/fuse.conf")
+        .map(|c| c.lines().any(|l| l.trim() == "user_allow_other"))
+        .unwrap_or(false)
 }
 
 /// Unmounts `mountpoint`; detaches it lazily when busy.

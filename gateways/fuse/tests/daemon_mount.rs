@@ -34,7 +34,7 @@ fn main() {
         };
         std::process::exit(code);
     }
-    let tests: [(&str, fn()); 2] = [
+    let tests: [(&str, fn()); 3] = [
         (
             "daemon_mount_serves_until_umount",
             daemon_mount_serves_until_umount,
@@ -42,6 +42,10 @@ fn main() {
         (
             "daemon_mount_reports_failures",
             daemon_mount_reports_failures,
+        ),
+        (
+            "unprivileged_mount_through_fusermount3",
+            unprivileged_mount_through_fusermount3,
         ),
     ];
     let filter: Vec<String> = std::env::args()
@@ -76,6 +80,18 @@ fn mount_helper(args: &[&str]) -> std::process::Output {
         .env(HELPER_ENV, argv.join("\u{1f}"))
         .output()
         .unwrap()
+}
+
+/// Runs `program args` as uid/gid 65534.
+fn as_nobody(program: &Path, args: &[&str], env: Option<(&str, String)>) -> std::process::Output {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(program)
+        .args(args);
+    if let Some((k, v)) = env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
 }
 
 struct Bricks {
@@ -251,4 +267,112 @@ fn daemon_mount_reports_failures() {
     let out = mount_helper(&["127.0.0.1:/dv", "/nonexistent/dir"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dir"));
+}
+
+/// Makes /dev/fuse usable by every user while alive (the mode udev gives
+/// it on a normal system; some containers create it 0600), then restores
+/// the original mode.
+struct DevFuseOpen {
+    mode: Option<u32>,
+}
+
+impl DevFuseOpen {
+    fn new() -> DevFuseOpen {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata("/dev/fuse").unwrap().permissions().mode() & 0o7777;
+        if mode & 0o006 == 0o006 {
+            return DevFuseOpen { mode: None };
+        }
+        fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
+        DevFuseOpen { mode: Some(mode) }
+    }
+}
+
+impl Drop for DevFuseOpen {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(m) = self.mode {
+            let _ = fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(m));
+        }
+    }
+}
+
+fn unprivileged_mount_through_fusermount3() {
+    let _dev = DevFuseOpen::new();
+    let b = start_bricks(1);
+    let spec = write_spec(&b);
+    let mnt = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let nobody = |p: &Path| {
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+    };
+    nobody(mnt.path());
+    nobody(work.path());
+    nobody(b.dir.path());
+    let mnt_path = mnt.path().canonicalize().unwrap();
+    let log = work.path().join("user.log");
+    let pid_file = work.path().join("user.pid");
+    let opts = format!(
+        "volfile={},log-file={},pid-file={}",
+        spec.display(),
+        log.display(),
+        pid_file.display()
+    );
+    let argv = [
+        "mount.kiln",
+        "127.0.0.1:/dv",
+        mnt_path.to_str().unwrap(),
+        "-o",
+        &opts,
+    ];
+    let out = as_nobody(
+        &std::env::current_exe().unwrap(),
+        &[],
+        Some((HELPER_ENV, argv.join("\u{1f}"))),
+    );
+    assert!(
+        out.status.success(),
+        "user mount failed: {} (log: {})",
+        String::from_utf8_lossy(&out.stderr),
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+    let line = mount_line(&mnt_path).expect("mounted");
+    assert!(line.contains("fuse.kiln"), "{line}");
+    let pid: u32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The user's own files work; new files are the user's.
+    let out = as_nobody(
+        Path::new("sh"),
+        &[
+            "-c",
+            &format!("echo hi > {0}/mine && cat {0}/mine", mnt_path.display()),
+        ],
+        None,
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    let on_brick = Path::new(&b.spec.bricks[0].path).join("mine");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&fs::metadata(on_brick).unwrap()),
+        65534
+    );
+    // The user unmounts with fusermount3 -u; the daemon exits.
+    let out = as_nobody(
+        Path::new("fusermount3"),
+        &["-u", mnt_path.to_str().unwrap()],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_gone(pid, Duration::from_secs(10)),
+        "daemon still running"
+    );
+    drop(b.rt);
 }

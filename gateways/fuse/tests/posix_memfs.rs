@@ -511,3 +511,50 @@ fn hot_path_asks_the_volume_little() {
         m.mem.calls("lookup")
     );
 }
+
+/// Runs `sh -c script` as uid/gid 65534 (nobody); returns (success, stdout).
+fn as_nobody(script: &str) -> (bool, String) {
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn other_users_get_kernel_checked_permissions() {
+    let m = common::mount_mem();
+    fs::write(m.p("public"), b"hello").unwrap();
+    fs::write(m.p("secret"), b"hidden").unwrap();
+    fs::set_permissions(m.p("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::create_dir(m.p("drop")).unwrap();
+    fs::set_permissions(m.p("drop"), fs::Permissions::from_mode(0o777)).unwrap();
+    let root = m.path().display().to_string();
+
+    let (ok, out) = as_nobody(&format!("cat {root}/public"));
+    assert!(ok && out == "hello", "allow_other lets other users in");
+    let (ok, _) = as_nobody(&format!("cat {root}/secret"));
+    assert!(!ok, "mode 0600 keeps others out");
+    let (ok, _) = as_nobody(&format!("echo x > {root}/new"));
+    assert!(!ok, "root directory not writable by others");
+    let (ok, _) = as_nobody(&format!(
+        "echo x > {root}/drop/mine && mkdir {root}/drop/sub"
+    ));
+    assert!(ok);
+    // New inodes belong to the creating user.
+    let md = fs::metadata(m.p("drop/mine")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (65534, 65534));
+    assert_eq!(fs::metadata(m.p("drop/sub")).unwrap().uid(), 65534);
+    let (ok, _) = as_nobody(&format!("chmod 600 {root}/public"));
+    assert!(!ok, "only the owner may chmod");
+}
