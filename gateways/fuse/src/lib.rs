@@ -5,6 +5,37 @@
 //! Public API: `MountArgs`, `parse_mount_helper_args`, `mount_main` for the
 //! `kiln` binary; `FuseMount`, `MountConfig`, `KilnFs` to mount a `Volume`
 //! in-process (tests, other gateways re-exporting a mount).
+//!
+//! How it behaves (the choices, in one place):
+//! - Inode numbers are `Gfid::ino()`; the table counts kernel lookups and
+//!   forgets inodes at zero. Errors become errnos once (`convert::errno`).
+//! - Each request is a task: polled once on the fuser thread (its first
+//!   brick message leaves at once), then on the runtime if it waits. A
+//!   blocking F_SETLKW therefore holds no fuser thread.
+//! - Mount: `default_permissions` (the kernel checks modes), `allow_other`,
+//!   type `fuse.kiln`, source `HOST:/VOL`; 1 MiB writes, 4 MiB read-ahead;
+//!   attributes and entries cached 1 s; no kernel write-back cache. Root
+//!   calls mount(2); other users go through `fusermount3`.
+//! - Attributes this client saw from the volume answer getattr for the
+//!   attribute timeout, with its own directory changes applied; unlink and
+//!   rename void them. At open the kernel keeps a file's cached pages only
+//!   if (mtime, size) did not change meanwhile (close-to-open).
+//! - Write-behind (`write-behind=off` to disable): writes are acknowledged
+//!   at once and sent in the background, in order where they overlap,
+//!   4 MiB per file and 64 MiB per mount in flight; a failure is reported
+//!   by the next write, flush or fsync. Synchronous, direct and append
+//!   opens write through. Reads, stats and lookups wait for a file's
+//!   writes; so do locks, so locked data lands before the unlock.
+//! - Locks: fcntl, OFD and flock locks all go to the volume; flock is a
+//!   whole-file lock owned by the open file. OFD and flock locks are
+//!   released at the last close (the kernel sends that release in the
+//!   background, so it lands just after close(2) returns).
+//! - Set-ID bits: with FUSE_HANDLE_KILLPRIV_V2 this side clears them on
+//!   unprivileged writes and truncates and on chown, which spares a
+//!   `security.capability` probe per write.
+//! - Known gaps: FUSE interrupts are not supported by fuser (a process
+//!   killed while waiting for a lock waits until it is granted); a new
+//!   volume spec pushed by the servers is not picked up until remount.
 
 mod args;
 mod convert;
