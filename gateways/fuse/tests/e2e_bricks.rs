@@ -17,6 +17,8 @@ use kiln_fuse::{FuseMount, MountConfig};
 
 struct Cluster {
     bricks: Vec<PathBuf>,
+    /// The brick server tasks (abort one to kill that brick).
+    servers: Vec<tokio::task::JoinHandle<()>>,
     mount: Option<FuseMount>,
     mnt: tempfile::TempDir,
     _data: tempfile::TempDir,
@@ -63,6 +65,7 @@ fn start(n: usize, data_root: Option<&Path>) -> Cluster {
     let id = "5b0e4f2e-8d43-4e55-9a0c-3b7f6c1d2e01".to_string();
     let mut bricks = Vec::new();
     let mut specs = Vec::new();
+    let mut servers = Vec::new();
     for i in 0..n {
         let path = data.path().join(format!("brick{i}"));
         prepare_brick_dir(&path, &id, true).unwrap();
@@ -77,11 +80,11 @@ fn start(n: usize, data_root: Option<&Path>) -> Cluster {
             path: path.clone(),
             listen: format!("127.0.0.1:{port}").parse().unwrap(),
         };
-        rt.spawn(async move {
+        servers.push(rt.spawn(async move {
             if let Err(e) = serve_listener(cfg, listener).await {
                 eprintln!("brick failed: {e}");
             }
-        });
+        }));
         specs.push(BrickSpec {
             subvol: format!("fv-client-{i}"),
             host: "127.0.0.1".into(),
@@ -116,6 +119,7 @@ fn start(n: usize, data_root: Option<&Path>) -> Cluster {
         FuseMount::mount(vol, rt.handle().clone(), Some(&root), mnt.path(), &cfg).expect("mount");
     Cluster {
         bricks,
+        servers,
         mount: Some(mount),
         mnt,
         _data: data,
@@ -227,6 +231,42 @@ fn large_file_and_locks_on_bricks() {
         unsafe { libc::flock(b.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
         0
     );
+}
+
+#[test]
+fn dead_brick_fails_fast_and_the_rest_works() {
+    let c = start(2, None);
+    for i in 0..30 {
+        fs::write(c.p(&format!("f{i}")), format!("v{i}")).unwrap();
+    }
+    let on = |b: usize| -> Vec<String> {
+        (0..30)
+            .map(|i| format!("f{i}"))
+            .filter(|n| c.holders(n) == [b])
+            .collect()
+    };
+    let (alive, dead) = (on(0), on(1));
+    assert!(!alive.is_empty() && !dead.is_empty());
+    // Kill brick 1 (its connections close as a killed process's would).
+    c.servers[1].abort();
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    for n in &alive {
+        assert_eq!(fs::read_to_string(c.p(n)).unwrap(), format!("v{}", &n[1..]));
+        fs::write(c.p(n), b"rewritten").unwrap();
+    }
+    for n in &dead {
+        // Opened before? No: a fresh open needs the brick.
+        let e = fs::read(c.p(n)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{n}: {e}");
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    // The directory still lists (from the brick that is up).
+    assert!(fs::read_dir(c.mnt.path()).unwrap().count() >= alive.len());
 }
 
 /// Kiln mount vs. the local disk under it: 1 GiB sequential write (fsync)
