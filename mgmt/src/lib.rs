@@ -1,1 +1,29 @@
-//! kiln-mgmt: the management daemon (`kiln server`) and the CLI.
+//! kiln-mgmt: the management daemon (`kiln server`) and the admin CLI.
+//!
+//! The daemon keeps the trusted pool's configuration (through
+//! `kiln_config::ConfigStore`), answers the CLI and clients on port 24007,
+//! and runs the brick processes of the bricks it owns. The CLI speaks
+//! GlusterFS's grammar and prints GlusterFS's layouts.
+
+mod auth;
+mod brickfs;
+mod cli;
+mod client;
+mod daemon;
+mod error;
+mod identity;
+mod logging;
+mod net;
+mod options;
+mod peer;
+mod pool;
+pub mod proto;
+mod status;
+mod supervisor;
+mod volume_ops;
+mod wire;
+
+pub use cli::run_cli;
+pub use client::fetch_volume_spec;
+pub use daemon::{run_server, ServerArgs};
+pub use error::MgmtError;

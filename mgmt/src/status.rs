@@ -1,0 +1,106 @@
+//! `volume status [NAME|all] [detail]`: every server that owns bricks of the
+//! volume reports their live state (and, for `detail`, file-system facts);
+//! the bricks of a server that does not answer show offline.
+
+use kiln_config::{VolumeConfig, VolumeStatus};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::daemon::Daemon;
+use crate::proto::{BrickState, CliReply, MgmtReply, PeerRequest, VolumeStatusView};
+
+/// How long a server has to report its bricks.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// This server's bricks of `vol`, with details if asked.
+pub(crate) async fn local_brick_states(
+    d: &Daemon,
+    vol: &VolumeConfig,
+    detail: bool,
+) -> Vec<BrickState> {
+    let mut states = d.supervisor.brick_states(vol).await;
+    if detail {
+        for s in states.iter_mut() {
+            let path = PathBuf::from(&vol.bricks[s.index].path);
+            s.detail = tokio::task::spawn_blocking(move || crate::brickfs::brick_detail(&path))
+                .await
+                .ok();
+        }
+    }
+    states
+}
+
+/// Gathers the state of every brick of a started volume.
+async fn gather(d: &Arc<Daemon>, vol: &VolumeConfig, detail: bool) -> VolumeStatusView {
+    let mut owners: Vec<String> = Vec::new();
+    for b in &vol.bricks {
+        if !owners.contains(&b.peer_uuid) {
+            owners.push(b.peer_uuid.clone());
+        }
+    }
+    let calls = owners.into_iter().map(|uuid| {
+        let req = PeerRequest::BrickStatus {
+            volume: vol.clone(),
+            detail,
+        };
+        async move { d.call_peer(&uuid, req, STATUS_TIMEOUT).await }
+    });
+    let mut bricks: Vec<BrickState> = vol
+        .bricks
+        .iter()
+        .enumerate()
+        .map(|(index, b)| BrickState {
+            index,
+            brick: format!("{}:{}", b.host, b.path),
+            port: b.port,
+            online: false,
+            pid: None,
+            detail: None,
+        })
+        .collect();
+    for r in futures::future::join_all(calls).await {
+        match r {
+            Ok(MgmtReply::BrickStates(states)) => {
+                for s in states {
+                    if let Some(slot) = bricks.get_mut(s.index) {
+                        if slot.brick == s.brick {
+                            *slot = s;
+                        }
+                    }
+                }
+            }
+            Ok(other) => tracing::warn!(?other, "unexpected answer to BrickStatus"),
+            Err(e) => tracing::warn!(error = %e, "a server did not report its bricks"),
+        }
+    }
+    VolumeStatusView {
+        name: vol.name.clone(),
+        bricks,
+    }
+}
+
+/// `volume status [NAME] [detail]`.
+pub(crate) async fn volume_status(d: &Arc<Daemon>, name: Option<&str>, detail: bool) -> CliReply {
+    let cfg = d.store.current();
+    let vols: Vec<VolumeConfig> = match name {
+        Some(n) => match cfg.volumes.get(n) {
+            None => return CliReply::Failed(format!("Volume {n} does not exist")),
+            Some(v) if v.status != VolumeStatus::Started => {
+                return CliReply::Failed(format!("Volume {n} is not started"))
+            }
+            Some(v) => vec![v.clone()],
+        },
+        None => cfg
+            .volumes
+            .values()
+            .filter(|v| v.status == VolumeStatus::Started)
+            .cloned()
+            .collect(),
+    };
+    if name.is_none() && vols.is_empty() {
+        return CliReply::Failed("No volumes present".into());
+    }
+    let views = futures::future::join_all(vols.iter().map(|v| gather(d, v, detail))).await;
+    CliReply::Status(views)
+}
