@@ -33,6 +33,8 @@
 //! - Set-ID bits: with FUSE_HANDLE_KILLPRIV_V2 this side clears them on
 //!   unprivileged writes and truncates and on chown, which spares a
 //!   `security.capability` probe per write.
+//! - The spec comes from the first of the listed servers that answers
+//!   (`kiln_mgmt::fetch_volume_spec`), or from a file (`-o volfile=PATH`).
 //! - Known gaps: FUSE interrupts are not supported by fuser (a process
 //!   killed while waiting for a lock waits until it is granted); a new
 //!   volume spec pushed by the servers is not picked up until remount.
@@ -222,13 +224,9 @@ async fn load_spec(job: &Job) -> anyhow::Result<VolumeSpec> {
 
 /// Asks the management servers, in order, for the volume's spec.
 async fn fetch_spec(servers: &[String], volume: &str) -> anyhow::Result<VolumeSpec> {
-    // The management client (`kiln_mgmt::fetch_volume_spec`) is wired in
-    // when it lands; until then a spec file works (`-o volfile=PATH`).
-    Err(anyhow!(
-        "cannot get the spec of volume {volume} from {}: no management client in this build \
-         (use -o volfile=PATH)",
-        servers.join(", ")
-    ))
+    kiln_mgmt::fetch_volume_spec(servers, volume)
+        .await
+        .map_err(|e| anyhow!("cannot get the spec of volume {volume}: {e}"))
 }
 
 /// Logs to the log file (default under /var/log/kiln), or to stderr in the

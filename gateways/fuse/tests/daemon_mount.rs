@@ -261,6 +261,17 @@ fn daemon_mount_reports_failures() {
     assert!(err.contains("not reachable"), "{err}");
     assert!(mount_line(&mnt.path().canonicalize().unwrap()).is_none());
 
+    // No management server answers: the spec cannot be fetched.
+    let out = mount_helper(&[
+        "127.0.0.9:/dv",
+        m,
+        "-o",
+        "backup-volfile-servers=127.0.0.10",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot get the spec of volume dv"), "{err}");
+
     // Usage errors.
     let out = mount_helper(&["127.0.0.1:/dv"]);
     assert_eq!(out.status.code(), Some(1));
