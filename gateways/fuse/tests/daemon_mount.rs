@@ -68,14 +68,24 @@ fn main() {
             }
         }
     }
+    let _ = fs::remove_file(scratch_log());
     println!("{passed} passed, {failed} failed");
     std::process::exit(if failed == 0 { 0 } else { 1 });
+}
+
+/// Where helpers log unless a test names a file (not /var/log/kiln).
+fn scratch_log() -> PathBuf {
+    std::env::temp_dir().join(format!("kiln-fuse-daemon-test-{}.log", std::process::id()))
 }
 
 /// Runs this executable as `mount.kiln` with `args`.
 fn mount_helper(args: &[&str]) -> std::process::Output {
     let mut argv = vec!["mount.kiln"];
     argv.extend_from_slice(args);
+    let log = format!("log-file={}", scratch_log().display());
+    if !args.iter().any(|a| a.contains("log-file=")) {
+        argv.extend_from_slice(&["-o", &log]);
+    }
     Command::new(std::env::current_exe().unwrap())
         .env(HELPER_ENV, argv.join("\u{1f}"))
         .output()
