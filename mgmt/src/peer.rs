@@ -156,7 +156,10 @@ pub(crate) async fn handle_probe_join(
     let Some(secret) = PoolSecret::from_hex(secret) else {
         return MgmtReply::Error("received a malformed pool secret".into());
     };
-    let _guard = d.membership.lock().await;
+    // Two servers probing each other at once must not wait on each other.
+    let Ok(_guard) = d.membership.try_lock() else {
+        return MgmtReply::Error("is busy with another pool membership change; try again".into());
+    };
     let cfg = d.store.current();
     if cfg.peers.contains_key(prober) && *d.secret.read() == secret {
         return MgmtReply::AlreadyMember {
@@ -196,6 +199,8 @@ async fn adopt_secret(d: &Daemon, secret: PoolSecret) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot store the pool secret: {e}"))?;
     *d.secret.write() = secret;
+    d.secret_epoch
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     d.peers.clear();
     Ok(())
 }

@@ -103,6 +103,7 @@ async fn serve_conn(daemon: Arc<Daemon>, stream: Box<dyn Stream>, addr: String, 
         origin,
         nonce: nonce(),
         peer_uuid: None,
+        auth_epoch: 0,
     };
     let hello = MgmtReply::Hello {
         version: MGMT_PROTOCOL_VERSION,
@@ -159,6 +160,18 @@ async fn serve_conn(daemon: Arc<Daemon>, stream: Box<dyn Stream>, addr: String, 
                 return;
             }
         };
+        // Authenticated with a secret this server no longer holds (it left or
+        // joined a pool): hang up without an answer, so a pooled connection
+        // on the other side reconnects and authenticates afresh.
+        if session.peer_uuid.is_some()
+            && session.auth_epoch
+                != daemon
+                    .secret_epoch
+                    .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            tracing::info!(%addr, "closing a connection authenticated with a previous pool secret");
+            return;
+        }
         let (reply, data, close) = dispatch::handle(&daemon, &mut session, req, frame.data).await;
         if conn.send_reply(frame.xid, &reply, data).await.is_err() || close {
             return;

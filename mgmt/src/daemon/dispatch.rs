@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::Daemon;
@@ -29,6 +30,8 @@ pub(crate) struct Session {
     pub(crate) nonce: Vec<u8>,
     /// Set once the other side proved it holds the pool secret.
     pub(crate) peer_uuid: Option<String>,
+    /// The secret epoch it proved (see `Daemon::secret_epoch`).
+    pub(crate) auth_epoch: u64,
 }
 
 /// Handles one request; returns the reply, its data, and whether to close.
@@ -49,6 +52,7 @@ pub(crate) async fn handle(
                 let e = format!("management protocol {version} is not supported (this server speaks {MGMT_PROTOCOL_VERSION})");
                 return (MgmtReply::Error(e), Bytes::new(), true);
             }
+            let epoch = d.secret_epoch.load(Ordering::SeqCst);
             let secret = d.secret.read().clone();
             if client_nonce.len() < 16
                 || !secret.verify_client(&session.nonce, &client_nonce, &proof)
@@ -63,6 +67,7 @@ pub(crate) async fn handle(
                 );
             }
             session.peer_uuid = Some(uuid);
+            session.auth_epoch = epoch;
             let proof = secret.server_proof(&client_nonce, &session.nonce);
             (MgmtReply::AuthOk { proof }, Bytes::new(), false)
         }

@@ -95,6 +95,9 @@ pub(crate) struct Daemon {
     /// The TCP address actually bound.
     pub(crate) bound: SocketAddr,
     pub(crate) secret: Arc<RwLock<PoolSecret>>,
+    /// Bumped whenever the secret changes: connections authenticated with
+    /// an older secret lose their peer rights.
+    pub(crate) secret_epoch: std::sync::atomic::AtomicU64,
     pub(crate) peers: Arc<PeerPool>,
     pub(crate) store: Arc<StoreHandle>,
     pub(crate) supervisor: Arc<Supervisor>,
@@ -147,6 +150,7 @@ impl Daemon {
             my_addr,
             bound,
             secret,
+            secret_epoch: std::sync::atomic::AtomicU64::new(0),
             peers,
             store: store.clone(),
             supervisor: supervisor.clone(),
