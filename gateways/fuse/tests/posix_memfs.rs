@@ -558,3 +558,34 @@ fn other_users_get_kernel_checked_permissions() {
     let (ok, _) = as_nobody(&format!("chmod 600 {root}/public"));
     assert!(!ok, "only the owner may chmod");
 }
+
+#[test]
+fn close_to_open_between_two_clients() {
+    let m = common::mount_mem();
+    let cfg = kiln_fuse::MountConfig {
+        fs: kiln_fuse::FsConfig {
+            attr_timeout: std::time::Duration::from_millis(200),
+            entry_timeout: std::time::Duration::from_millis(200),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (dir_b, mount_b) = common::second_mount(&m, cfg);
+    let b = dir_b.path().join("shared");
+    fs::write(m.p("shared"), vec![b'a'; 8192]).unwrap();
+    assert_eq!(fs::read(&b).unwrap(), vec![b'a'; 8192]);
+    // Unchanged: B's next open keeps its cached pages (no volume read).
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let reads = m.mem.calls("read");
+    assert_eq!(fs::read(&b).unwrap(), vec![b'a'; 8192]);
+    assert_eq!(m.mem.calls("read"), reads, "cached pages kept");
+    // A rewrites in place (same size); B's next open sees the new data.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let f = OpenOptions::new().write(true).open(m.p("shared")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &vec![b'b'; 8192], 0).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(fs::read(&b).unwrap(), vec![b'b'; 8192]);
+    mount_b.unmount().unwrap();
+}

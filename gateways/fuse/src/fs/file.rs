@@ -17,19 +17,28 @@ impl Inner {
         let gfid = self.inodes.gfid(ino)?;
         self.wb.drain(ino).await;
         let mut fopen = FopenFlags::empty();
-        let fd = if self.cfg.keep_cache {
+        let fd = if !self.cfg.keep_cache {
+            self.vol.open(gfid, flags).await?
+        } else if let Some(attr) = self.inodes.fresh_attr(ino) {
+            // Attributes from the volume within the attribute timeout are
+            // as good as asking again.
+            let fd = self.vol.open(gfid, flags).await?;
+            if self.inodes.keep_cache_on_open(ino, &attr) {
+                fopen |= FopenFlags::FOPEN_KEEP_CACHE;
+            }
+            fd
+        } else {
             // Close-to-open: the kernel keeps its cached pages only if the
             // file did not change since this client last knew them good.
             let (fd, attr) = tokio::join!(self.vol.open(gfid, flags), self.vol.getattr(gfid));
             let fd = fd?;
             if let Ok(attr) = attr {
+                self.inodes.update(&attr, false);
                 if self.inodes.keep_cache_on_open(ino, &attr) {
                     fopen |= FopenFlags::FOPEN_KEEP_CACHE;
                 }
             }
             fd
-        } else {
-            self.vol.open(gfid, flags).await?
         };
         let fh = self.handles.insert(Handle::file(fd));
         Ok(Opened { fh, flags: fopen })

@@ -74,6 +74,16 @@ pub fn mount_mem_with(mut cfg: MountConfig) -> TestMount {
     }
 }
 
+/// A second mount of the same volume (another client), on its own dir.
+pub fn second_mount(first: &TestMount, cfg: MountConfig) -> (tempfile::TempDir, FuseMount) {
+    let top: Arc<dyn Xlator> = first.mem.clone();
+    let vol = Arc::new(Volume::with_top(spec("memvol"), top));
+    let dir = tempfile::tempdir().unwrap();
+    let m =
+        FuseMount::mount(vol, first.rt.handle().clone(), None, dir.path(), &cfg).expect("mount");
+    (dir, m)
+}
+
 /// Mounts an in-memory volume with default settings.
 pub fn mount_mem() -> TestMount {
     mount_mem_with(MountConfig::default())
