@@ -7,6 +7,7 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -333,4 +334,47 @@ fn speed_against_local_disk() {
         "create 4k: kiln {kc:.0}/s, local {lc:.0}/s, ratio {:.2}",
         kc / lc
     );
+}
+
+/// The pjdfstest suite against this mount (the cluster harness runs it
+/// too, across namespaces). Ignored: needs `pjdfstest` installed and the
+/// users `nobody` and `tests`; run with `-- --ignored pjdfstest --nocapture`.
+#[test]
+#[ignore]
+fn pjdfstest_on_two_bricks() {
+    let c = start(2, None);
+    let conf = c
+        .mnt
+        .path()
+        .parent()
+        .unwrap()
+        .join(format!("pjd-{}.toml", std::process::id()));
+    fs::write(
+        &conf,
+        "[features]\nposix_fallocate = {}\nutime_now = {}\nutimensat = {}\n\n\
+         [settings]\nnaptime = 0.01\nallow_remount = false\n",
+    )
+    .unwrap();
+    let bin = std::env::var("PJDFSTEST_BIN").unwrap_or_else(|_| "pjdfstest".into());
+    let out = Command::new(bin)
+        .env("NO_COLOR", "1")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(c.mnt.path())
+        .output()
+        .expect("pjdfstest installed");
+    let _ = fs::remove_file(&conf);
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Failures and their explanations (indented lines after them).
+    let mut show = false;
+    for l in text.lines() {
+        if !l.starts_with(char::is_whitespace) {
+            show = l.trim_end().ends_with("FAILED") || l.starts_with("Summary");
+        }
+        if show {
+            println!("{l}");
+        }
+    }
+    assert!(out.status.success(), "pjdfstest failed");
 }

@@ -589,3 +589,40 @@ fn close_to_open_between_two_clients() {
     assert_eq!(fs::read(&b).unwrap(), vec![b'b'; 8192]);
     mount_b.unmount().unwrap();
 }
+
+/// pjdfstest against the in-memory volume: what fails here is the FUSE
+/// layer's (or memfs's), not the network stack's. Ignored: needs
+/// `pjdfstest`; run with `-- --ignored pjdfstest --nocapture`.
+#[test]
+#[ignore]
+fn pjdfstest_on_memfs() {
+    let m = common::mount_mem();
+    let conf = std::env::temp_dir().join(format!("pjd-mem-{}.toml", std::process::id()));
+    fs::write(
+        &conf,
+        "[features]\nposix_fallocate = {}\nutime_now = {}\nutimensat = {}\n\n\
+         [settings]\nnaptime = 0.01\nallow_remount = false\n",
+    )
+    .unwrap();
+    let bin = std::env::var("PJDFSTEST_BIN").unwrap_or_else(|_| "pjdfstest".into());
+    let out = std::process::Command::new(bin)
+        .env("NO_COLOR", "1")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(m.path())
+        .output()
+        .expect("pjdfstest installed");
+    let _ = fs::remove_file(&conf);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut show = false;
+    for l in text.lines() {
+        if !l.starts_with(char::is_whitespace) {
+            show = l.trim_end().ends_with("FAILED") || l.starts_with("Summary");
+        }
+        if show {
+            println!("{l}");
+        }
+    }
+    assert!(out.status.success(), "pjdfstest failed");
+}

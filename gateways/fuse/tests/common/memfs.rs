@@ -691,6 +691,9 @@ impl Xlator for MemFs {
         if end > n.iatt.size {
             resize(n, end);
         }
+        let t = now();
+        n.iatt.mtime = t;
+        n.iatt.ctime = t;
         Ok(())
     }
 }
