@@ -50,13 +50,20 @@ impl Cluster {
     /// Starts `n` servers (node01..) and waits until each accepts
     /// connections on its management port. The servers are not probed into
     /// a pool: see `pool`.
+    /// A server counts as ready once its management port accepts and
+    /// `kiln pool list` succeeds on it (the port opens before the daemon
+    /// answers).
     pub fn new(n: usize) -> Result<Cluster> {
-        Cluster::with_kiln(n, &crate::kiln_bin()?)
+        Cluster::start(n, &crate::kiln_bin()?, true)
     }
 
-    /// `new` with an explicit binary in place of `kiln` (the harness
-    /// self-test uses a stand-in).
+    /// `new` with a stand-in binary in place of `kiln` (the harness
+    /// self-test); readiness is then only the management port accepting.
     pub fn with_kiln(n: usize, kiln: &Path) -> Result<Cluster> {
+        Cluster::start(n, kiln, false)
+    }
+
+    fn start(n: usize, kiln: &Path, cli_ready: bool) -> Result<Cluster> {
         anyhow::ensure!((1..=9).contains(&n), "1..=9 nodes");
         let kiln = kiln.to_path_buf();
         cleanup::cleanup_stale();
@@ -71,7 +78,7 @@ impl Cluster {
         let mut nodes = Vec::new();
         for i in 1..=n {
             let host = net.host(&node_name(i)).context("node host")?.clone();
-            nodes.push(Node::new(i, host, &dir, &kiln)?);
+            nodes.push(Node::new(i, host, &dir, &kiln, cli_ready)?);
         }
         let cluster = Cluster {
             nodes,
@@ -240,11 +247,18 @@ pub struct Node {
     host: Host,
     dir: PathBuf,
     kiln: PathBuf,
+    cli_ready: bool,
     server: Mutex<Option<Child>>,
 }
 
 impl Node {
-    fn new(index: usize, host: Host, cluster_dir: &Path, kiln: &Path) -> Result<Node> {
+    fn new(
+        index: usize,
+        host: Host,
+        cluster_dir: &Path,
+        kiln: &Path,
+        cli_ready: bool,
+    ) -> Result<Node> {
         let dir = cluster_dir.join(&host.name);
         for sub in ["state", "log", "export"] {
             std::fs::create_dir_all(dir.join(sub))
@@ -255,6 +269,7 @@ impl Node {
             host,
             dir,
             kiln: kiln.to_path_buf(),
+            cli_ready,
             server: Mutex::new(None),
         })
     }
@@ -412,21 +427,35 @@ impl Node {
     fn wait_ready(&self) -> Result<()> {
         let addr = self.sock(MGMT_PORT);
         let start = Instant::now();
-        wait_for(
-            &format!("{} to accept on {addr}", self.name()),
-            ready_timeout(),
-            || {
-                if let Some(code) = self.server_exit()? {
-                    bail!(
-                        "{}: kiln server exited ({code}) after {:?}:\n{}",
-                        self.name(),
-                        start.elapsed(),
-                        tail(&self.dir.join("server.out"), 30)
-                    );
+        let timeout = ready_timeout();
+        let mut last = String::from("port not open");
+        loop {
+            if let Some(code) = self.server_exit()? {
+                bail!(
+                    "{}: kiln server exited ({code}) after {:?}:\n{}",
+                    self.name(),
+                    start.elapsed(),
+                    tail(&self.dir.join("server.out"), 30)
+                );
+            }
+            if self.ns().port_open(addr) {
+                if !self.cli_ready {
+                    return Ok(());
                 }
-                Ok(self.ns().port_open(addr).then_some(()))
-            },
-        )
+                let out = self.kiln_timeout(&["pool", "list"], Duration::from_secs(10))?;
+                if out.success() {
+                    return Ok(());
+                }
+                last = out.to_string();
+            }
+            if start.elapsed() >= timeout {
+                bail!(
+                    "{} not ready after {timeout:?} ({addr}): {last}",
+                    self.name()
+                );
+            }
+            std::thread::sleep(cmd::poll_interval(start.elapsed()));
+        }
     }
 
     /// `Some(status)` if the server process has exited.
