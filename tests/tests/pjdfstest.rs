@@ -47,6 +47,9 @@ fn pjdfstest_on_the_fuse_mount() {
     c.create_started_volume("vol1", &[1, 2]).unwrap();
     let m = c.client().mount("node01:/vol1").unwrap();
 
+    // A second file system for the EXDEV cases: a directory on the root fs.
+    let secondary = c.dir().join("pjdfstest-secondary");
+    std::fs::create_dir_all(&secondary).unwrap();
     let conf = c.dir().join("pjdfstest.toml");
     let expected: Vec<String> = KNOWN_FAILURES
         .iter()
@@ -55,8 +58,10 @@ fn pjdfstest_on_the_fuse_mount() {
     std::fs::write(
         &conf,
         format!(
-            "[features]\nposix_fallocate = {{}}\nutime_now = {{}}\nutimensat = {{}}\n\n\
+            "[features]\nsecondary_fs = {:?}\nposix_fallocate = {{}}\nutime_now = {{}}\n\
+             utimensat = {{}}\nrename_ctime = {{}}\n\n\
              [settings]\nnaptime = 0.01\nallow_remount = false\nexpected_failures = [{}]\n",
+            secondary.to_string_lossy(),
             expected.join(", ")
         ),
     )
