@@ -104,18 +104,19 @@ impl Inner {
     }
 
     /// A close(2): waits for the file's background writes and reports
-    /// their failure; releases `lock_owner`'s POSIX locks.
+    /// their failure; releases `lock_owner`'s POSIX locks. A flush only
+    /// releases locks (the `Xlator::flush` contract), so it is not sent
+    /// for a file this client never locked.
     pub(crate) async fn flush(&self, ino: u64, fh: u64, lock_owner: u64) -> FsResult<()> {
         let h = self.handles.get(fh)?;
         h.owners(|o| o.flushed(lock_owner));
+        // Locks guard the data: release them only once it has landed.
+        self.wb.settle(ino).await?;
         if self.inodes.ever_locked(ino) {
-            // Locks guard the data: release them only once it has landed.
-            self.wb.settle(ino).await?;
-            return self.vol.flush(h.fd(), lock_owner).await;
+            self.vol.flush(h.fd(), lock_owner).await
+        } else {
+            Ok(())
         }
-        let (written, flushed) =
-            tokio::join!(self.wb.settle(ino), self.vol.flush(h.fd(), lock_owner));
-        written.and(flushed)
     }
 
     /// Last close of a file or directory. `flock_owner`: the kernel asks to
