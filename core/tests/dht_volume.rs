@@ -17,14 +17,6 @@ struct TestVolume {
     spec: VolumeSpec,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn start_volume(n: usize) -> TestVolume {
     let dir = tempfile::tempdir().unwrap();
     let id = uuid::Uuid::new_v4().to_string();
@@ -286,4 +278,54 @@ async fn dead_brick_gives_enotconn_fast_and_dirs_heal() {
         "no stall on a dead brick: {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_links_and_renames_across_bricks() {
+    let tv = start_volume(2).await;
+    let vol = mount(&tv).await;
+    let me = Caller::ROOT;
+    // Many names so that every combination of hashed bricks occurs.
+    for i in 0..30 {
+        let f = format!("f{i}");
+        let (iatt, fd) = vol
+            .create(Gfid::ROOT, &name(&f), &me, 0o644, libc::O_RDWR, false)
+            .await
+            .unwrap();
+        vol.write(&fd, 0, Bytes::from(f.clone())).await.unwrap();
+        vol.release(&fd).await.unwrap();
+        vol.link(iatt.gfid, Gfid::ROOT, &name(&format!("g{i}")))
+            .await
+            .unwrap();
+        vol.link(iatt.gfid, Gfid::ROOT, &name(&format!("k{i}")))
+            .await
+            .unwrap();
+        vol.rename(
+            Gfid::ROOT,
+            &name(&format!("g{i}")),
+            Gfid::ROOT,
+            &name(&format!("h{i}")),
+        )
+        .await
+        .unwrap();
+        for n in [format!("f{i}"), format!("h{i}"), format!("k{i}")] {
+            let l = vol.lookup(Gfid::ROOT, &name(&n)).await.unwrap();
+            assert_eq!(l.iatt.gfid, iatt.gfid, "{n}");
+            assert_eq!(l.iatt.nlink, 3, "{n}");
+        }
+        assert!(matches!(
+            vol.lookup(Gfid::ROOT, &name(&format!("g{i}"))).await,
+            Err(FsError::NotFound)
+        ));
+        vol.unlink(Gfid::ROOT, &name(&format!("k{i}")))
+            .await
+            .unwrap();
+        let l = vol
+            .lookup(Gfid::ROOT, &name(&format!("h{i}")))
+            .await
+            .unwrap();
+        let fd = vol.open(l.iatt.gfid, libc::O_RDONLY).await.unwrap();
+        assert_eq!(&vol.read(&fd, 0, 100).await.unwrap()[..], f.as_bytes());
+        vol.release(&fd).await.unwrap();
+    }
 }

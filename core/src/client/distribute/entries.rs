@@ -24,9 +24,12 @@ impl Distribute {
     /// The subvolume `loc`'s name hashes to in its parent's layout.
     pub(super) async fn hashed_subvol(&self, loc: &Loc) -> FsResult<usize> {
         let layout = self.layout_of(loc.parent).await?;
-        layout
-            .subvol_for_name(loc.name.as_bytes())
-            .ok_or_else(|| FsError::Io(format!("no subvolume owns the hash of {} in {}", loc.name, loc.parent)))
+        layout.subvol_for_name(loc.name.as_bytes()).ok_or_else(|| {
+            FsError::Io(format!(
+                "no subvolume owns the hash of {} in {}",
+                loc.name, loc.parent
+            ))
+        })
     }
 
     /// Named lookup: ask the hashed subvolume; follow a link file; gather
@@ -35,7 +38,9 @@ impl Distribute {
         let hashed = self.hashed_subvol(loc).await?;
         match self.children[hashed].lookup(loc, &dht_xattrs()).await {
             Ok(l) if l.iatt.is_dir() => self.lookup_dir(loc, hashed, l).await,
-            Ok(l) if is_linkfile(&l.iatt, &l.xattrs) => Ok(self.follow_link(loc, hashed, l).await?.lookup),
+            Ok(l) if is_linkfile(&l.iatt, &l.xattrs) => {
+                Ok(self.follow_link(loc, hashed, l).await?.lookup)
+            }
             Ok(mut l) => {
                 self.remember_file(l.iatt.gfid, hashed);
                 l.xattrs.clear();
@@ -47,10 +52,14 @@ impl Distribute {
     }
 
     async fn follow_link(&self, loc: &Loc, hashed: usize, link: Lookup) -> FsResult<Resolved> {
-        let target = link.xattrs.get(DHT_LINKTO).and_then(|t| self.child_index(t)).ok_or_else(|| {
-            tracing::warn!(name = %loc.name, "link file points to an unknown subvolume");
-            FsError::NotFound
-        })?;
+        let target = link
+            .xattrs
+            .get(DHT_LINKTO)
+            .and_then(|t| self.child_index(t))
+            .ok_or_else(|| {
+                tracing::warn!(name = %loc.name, "link file points to an unknown subvolume");
+                FsError::NotFound
+            })?;
         let mut l = self.children[target].lookup(loc, &dht_xattrs()).await?;
         if l.iatt.gfid != link.iatt.gfid || is_linkfile(&l.iatt, &l.xattrs) {
             tracing::warn!(name = %loc.name, "stale link file on {}", self.children[hashed].name());
@@ -58,14 +67,22 @@ impl Distribute {
         }
         self.remember_file(l.iatt.gfid, target);
         l.xattrs.clear();
-        Ok(Resolved { lookup: l, hashed, cached: target })
+        Ok(Resolved {
+            lookup: l,
+            hashed,
+            cached: target,
+        })
     }
 
     /// The hashed subvolume is down: a directory, or a file renamed away from
     /// it, can still be found on the others.
     async fn lookup_elsewhere(&self, loc: &Loc, hashed: usize, down: FsError) -> FsResult<Lookup> {
         let xattrs = dht_xattrs();
-        let others = self.children.iter().enumerate().filter(|(i, _)| *i != hashed);
+        let others = self
+            .children
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != hashed);
         let results = join_all(others.map(|(i, c)| {
             let xattrs = &xattrs;
             async move { (i, c.lookup(loc, xattrs).await) }
@@ -95,7 +112,11 @@ impl Distribute {
         if is_linkfile(&l.iatt, &l.xattrs) {
             return self.follow_link(loc, hashed, l).await;
         }
-        Ok(Resolved { lookup: l, hashed, cached: hashed })
+        Ok(Resolved {
+            lookup: l,
+            hashed,
+            cached: hashed,
+        })
     }
 
     /// unlink: the data, then the link file pointing at it, if any.
@@ -119,24 +140,54 @@ impl Distribute {
     }
 
     /// Writes a link file for `gfid` at `loc` on `on`, pointing at `target`.
+    /// If `on` already holds a link file for this gfid (another hard link's
+    /// name hashes there too), the new name becomes a hard link of it: a
+    /// brick holds one inode per gfid.
     async fn make_linkfile(&self, loc: &Loc, gfid: Gfid, on: usize, target: usize) -> FsResult<()> {
+        let child = &self.children[on];
+        match child.lookup_gfid(gfid, &[DHT_LINKTO.to_string()]).await {
+            Ok(l) if is_linkfile(&l.iatt, &l.xattrs) => {
+                return child.link(gfid, loc).await.map(|_| ())
+            }
+            Ok(_) => {
+                tracing::warn!(subvol = child.name(), %gfid, "gfid already used by a non-link inode; refusing a link file");
+                return Err(FsError::Exists);
+            }
+            Err(FsError::NotFound) | Err(FsError::Stale) => {}
+            Err(e) => return Err(e),
+        }
         let mut xattrs = XattrMap::new();
-        xattrs.insert(DHT_LINKTO.to_string(), self.children[target].name().as_bytes().to_vec());
-        let inode = NewInode { gfid, mode: libc::S_IFREG | 0o1000, uid: 0, gid: 0, xattrs };
-        self.children[on].mknod(loc, &inode, 0).await.map(|_| ())
+        xattrs.insert(
+            DHT_LINKTO.to_string(),
+            self.children[target].name().as_bytes().to_vec(),
+        );
+        let inode = NewInode {
+            gfid,
+            mode: libc::S_IFREG | 0o1000,
+            uid: 0,
+            gid: 0,
+            xattrs,
+        };
+        child.mknod(loc, &inode, 0).await.map(|_| ())
     }
 
     /// rename(2) across the volume.
     pub(super) async fn rename_entry(&self, from: &Loc, to: &Loc) -> FsResult<()> {
         let src_hashed = self.hashed_subvol(from).await?;
-        let probe = self.children[src_hashed].lookup(from, &dht_xattrs()).await?;
+        let probe = self.children[src_hashed]
+            .lookup(from, &dht_xattrs())
+            .await?;
         if probe.iatt.is_dir() {
             return self.rename_dir(from, to, &probe.iatt).await;
         }
         let src = if is_linkfile(&probe.iatt, &probe.xattrs) {
             self.follow_link(from, src_hashed, probe).await?
         } else {
-            Resolved { lookup: probe, hashed: src_hashed, cached: src_hashed }
+            Resolved {
+                lookup: probe,
+                hashed: src_hashed,
+                cached: src_hashed,
+            }
         };
         let gfid = src.lookup.iatt.gfid;
         let dst_hashed = self.hashed_subvol(to).await?;
@@ -189,7 +240,8 @@ impl Distribute {
                 return Err(FsError::NotDir);
             }
         }
-        self.on_all_dirs(|c| async move { c.rename(from, to).await }).await?;
+        self.on_all_dirs(|c| async move { c.rename(from, to).await })
+            .await?;
         Ok(())
     }
 
