@@ -141,6 +141,9 @@ pub enum Command {
         /// New value, or none to reset.
         value: Option<String>,
     },
+    /// Changes nothing: a barrier a server commits to be sure it has applied
+    /// everything committed before (read-your-writes for CLI commands).
+    Noop,
     /// The port a brick process listens on.
     SetBrickPort {
         /// Volume.
@@ -220,6 +223,7 @@ impl PoolConfig {
                 };
                 v.generation += 1;
             }
+            Command::Noop => {}
             Command::SetBrickPort { name, index, port } => {
                 let v = self.volume_mut(name)?;
                 let b = v.bricks.get_mut(*index).ok_or_else(|| {

@@ -213,20 +213,14 @@ impl Daemon {
     }
 
     /// Brings this server's config up to date with the pool before a command
-    /// acts on it: commits a no-op barrier (a deterministic rejection, as the
-    /// config model has no no-op command) and waits for it to apply here, so
+    /// acts on it: commits a `Noop` barrier and waits for it to apply here, so
     /// everything committed earlier is applied too. Best effort: without a
     /// quorum the command goes on with the local state after 5 s.
     pub(crate) async fn sync_config(&self) {
         if !self.store.is_member() {
             return;
         }
-        let barrier = Command::SetOption {
-            name: String::new(),
-            key: String::new(),
-            value: None,
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.store.propose(barrier)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.store.propose(Command::Noop)).await;
     }
 
     /// Sends a peer request to the server `uuid` (handled in-process when it
