@@ -133,7 +133,7 @@ async fn single_server_volume_lifecycle() {
     let pid1 = brick_pid(&out, "/b1").expect("brick 1 online");
     assert!(
         out.lines()
-            .any(|l| l.contains("/b2") && l.contains("24010") && l.contains(" Y ")),
+            .any(|l| l.contains("/b2") && l.contains(&ports[1].to_string()) && l.contains(" Y ")),
         "{out}"
     );
     assert!(pid_runs(pid1, "/b1"));
@@ -181,7 +181,7 @@ async fn single_server_volume_lifecycle() {
     let (_, out) = cli(&d, "volume status vol1").await;
     let pid1b = brick_pid(&out, "/b1").expect("brick 1 back");
     assert_ne!(pid1, pid1b);
-    assert!(out.contains("24009"), "same port again:\n{out}");
+    assert!(out.contains(&ports[0].to_string()), "same port again:\n{out}");
 
     let (code, out) = cli(&d, "volume info").await;
     assert_eq!(code, 0);
