@@ -159,7 +159,9 @@ impl Client {
         let inner = self.dir.join(format!("mnt{n}"));
         std::fs::create_dir_all(&inner).with_context(|| format!("create {}", inner.display()))?;
         let inner_s = inner.to_string_lossy().into_owned();
-        let mut args = vec!["mount"];
+        // The client's log goes beside its mount point (dumped on failure).
+        let log = format!("{}.log", inner_s);
+        let mut args = vec!["mount", "--log-file", &log];
         args.extend_from_slice(extra);
         args.push(source);
         args.push(&inner_s);
@@ -231,6 +233,11 @@ impl Mount<'_> {
     /// The mount point as processes in the client namespace see it.
     pub fn inner(&self) -> &Path {
         &self.inner
+    }
+
+    /// The client's log file (`kiln mount --log-file`).
+    pub fn log_file(&self) -> PathBuf {
+        PathBuf::from(format!("{}.log", self.inner.display()))
     }
 
     /// What was mounted (`node01:/vol1`).

@@ -158,40 +158,63 @@ impl Cluster {
         &self.kiln
     }
 
-    /// `kiln volume create NAME` with one brick called `NAME` on each of
-    /// `nodes` (1-based) plus `force` (bricks live on the root filesystem),
+    /// `kiln volume create NAME` with brick `K` (0-based) on node `nodes[K]`
+    /// (1-based; a node may appear several times), in `export/NAME.bK`, plus `force` (bricks live on the root filesystem),
     /// run on node01, then `volume start`. Returns the brick directories in
     /// brick order.
     pub fn create_started_volume(&self, name: &str, nodes: &[usize]) -> Result<Vec<PathBuf>> {
         let mut args: Vec<String> = vec!["volume".into(), "create".into(), name.into()];
         let mut dirs = Vec::new();
-        for i in nodes {
-            args.push(self.node(*i).brick_spec(name));
-            dirs.push(self.node(*i).brick_dir(name));
+        for (k, i) in nodes.iter().enumerate() {
+            let brick = format!("{name}.b{k}");
+            args.push(self.node(*i).brick_spec(&brick));
+            dirs.push(self.node(*i).brick_dir(&brick));
         }
         args.push("force".into());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         self.node(1).kiln_ok(&refs)?;
         self.node(1).kiln_ok(&["volume", "start", name])?;
+        // Then wait until every brick process listens, so a mount made next
+        // finds them all up.
+        for (i, dir) in nodes.iter().zip(&dirs) {
+            let node = self.node(*i);
+            wait_until(
+                &format!("brick {} to listen", node.brick_spec_of(dir)),
+                Duration::from_secs(30),
+                || node.brick_port(dir).is_some(),
+            )?;
+        }
         Ok(dirs)
     }
 
     /// Prints the tail of every server's output and log files to stderr.
     pub fn dump_logs(&self) {
+        let mut client_logs = Vec::new();
+        collect_files(&self.dir.join("client"), &mut client_logs);
+        for f in client_logs
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "log"))
+        {
+            print_tail(f);
+        }
         for node in &self.nodes {
             eprintln!("===== {} ({}) =====", node.name(), node.addr());
             let mut files = vec![node.dir().join("server.out")];
             collect_files(&node.log_dir(), &mut files);
             for f in files {
-                if let Ok(text) = std::fs::read_to_string(&f) {
-                    let lines: Vec<&str> = text.lines().collect();
-                    let tail = &lines[lines.len().saturating_sub(60)..];
-                    eprintln!("--- {} (last {} lines)", f.display(), tail.len());
-                    for l in tail {
-                        eprintln!("{l}");
-                    }
-                }
+                print_tail(&f);
             }
+        }
+    }
+}
+
+fn print_tail(f: &Path) {
+    if let Ok(text) = std::fs::read_to_string(f) {
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(60)..];
+        eprintln!("--- {} (last {} lines)", f.display(), tail.len());
+        for l in tail {
+            eprintln!("{l}");
         }
     }
 }
@@ -322,6 +345,11 @@ impl Node {
     /// `node01:/.../export/NAME`, as `volume create` takes it.
     pub fn brick_spec(&self, name: &str) -> String {
         format!("{}:{}", self.name(), self.brick_dir(name).display())
+    }
+
+    /// `node01:DIR` for a brick directory.
+    pub fn brick_spec_of(&self, dir: &Path) -> String {
+        format!("{}:{}", self.name(), dir.display())
     }
 
     /// A command run in this node's network namespace, with the node's

@@ -106,7 +106,9 @@ fn pjdfstest_on_the_fuse_mount() {
     }
     assert!(
         out.stdout.contains("Summary"),
-        "pjdfstest did not run: {out}"
+        "pjdfstest stopped before its summary (its panics print nothing: a set-up \
+         step such as its temp dir on the mount failed; see the client log):\n{out}\n{}",
+        std::fs::read_to_string(m.log_file()).unwrap_or_default()
     );
     assert!(
         failed.is_empty(),
