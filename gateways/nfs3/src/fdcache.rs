@@ -1,0 +1,229 @@
+//! Open files kept between stateless NFS calls: one fd per file gfid (so READ
+//! and WRITE do not open per call) with its last known attributes, and open
+//! directories keyed by READDIR cookie verifier (a listing continues on the
+//! same snapshot). Entries idle past a timeout, or beyond a count, are
+//! released by `reap`; an entry in use is never released under a call.
+
+use kiln_core::client::{Fd, Volume};
+use kiln_core::{FsResult, Gfid, Iatt};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Attributes younger than this are reused for permission checks on WRITE.
+pub const ATTR_FRESH: Duration = Duration::from_secs(1);
+
+struct FileEntry {
+    fd: Arc<Fd>,
+    used: Instant,
+    attr: Option<(Iatt, Instant)>,
+}
+
+struct DirEntry {
+    gfid: Gfid,
+    fd: Arc<Fd>,
+    used: Instant,
+}
+
+/// The cache of one volume.
+pub struct FdCache {
+    volume: Arc<Volume>,
+    files: Mutex<HashMap<Gfid, FileEntry>>,
+    dirs: Mutex<HashMap<u64, DirEntry>>,
+    next_verf: Mutex<u64>,
+    idle: Duration,
+    max_files: usize,
+    max_dirs: usize,
+}
+
+impl FdCache {
+    /// A cache releasing fds idle for `idle`.
+    pub fn new(volume: Arc<Volume>, idle: Duration) -> FdCache {
+        FdCache {
+            volume,
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_verf: Mutex::new(rand::random::<u32>() as u64 + 1),
+            idle,
+            max_files: 1024,
+            max_dirs: 256,
+        }
+    }
+
+    /// An open fd for file `gfid`, opening it (read-write, else read-only) if needed.
+    pub async fn file(&self, gfid: Gfid) -> FsResult<Arc<Fd>> {
+        if let Some(e) = self.files.lock().get_mut(&gfid) {
+            e.used = Instant::now();
+            return Ok(e.fd.clone());
+        }
+        let fd = match self.volume.open(gfid, libc::O_RDWR).await {
+            Ok(fd) => fd,
+            Err(kiln_core::FsError::ReadOnly) | Err(kiln_core::FsError::AccessDenied) => {
+                self.volume.open(gfid, libc::O_RDONLY).await?
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(self.insert_file(gfid, fd))
+    }
+
+    /// Adds an fd this gateway opened (e.g. by CREATE); an existing one wins.
+    pub fn insert_file(&self, gfid: Gfid, fd: Fd) -> Arc<Fd> {
+        let mut files = self.files.lock();
+        if let Some(e) = files.get_mut(&gfid) {
+            e.used = Instant::now();
+            let keep = e.fd.clone();
+            drop(files);
+            self.release_later(Arc::new(fd));
+            return keep;
+        }
+        let fd = Arc::new(fd);
+        files.insert(
+            gfid,
+            FileEntry {
+                fd: fd.clone(),
+                used: Instant::now(),
+                attr: None,
+            },
+        );
+        fd
+    }
+
+    /// Remembers attributes returned by a call on `gfid` (if it is open).
+    pub fn note_attr(&self, a: &Iatt) {
+        if let Some(e) = self.files.lock().get_mut(&a.gfid) {
+            e.attr = Some((a.clone(), Instant::now()));
+        }
+    }
+
+    /// Recent attributes of an open file, if any.
+    pub fn fresh_attr(&self, gfid: Gfid) -> Option<Iatt> {
+        let files = self.files.lock();
+        let (a, at) = files.get(&gfid)?.attr.as_ref()?;
+        (at.elapsed() < ATTR_FRESH).then(|| a.clone())
+    }
+
+    /// Forgets attributes of `gfid` (after a change made another way).
+    pub fn forget_attr(&self, gfid: Gfid) {
+        if let Some(e) = self.files.lock().get_mut(&gfid) {
+            e.attr = None;
+        }
+    }
+
+    /// Drops the fd of `gfid` now (after REMOVE, or a failed call on it).
+    pub fn evict(&self, gfid: Gfid) {
+        let e = self.files.lock().remove(&gfid);
+        if let Some(e) = e {
+            self.release_later(e.fd);
+        }
+    }
+
+    /// The open directory of listing `verf`, if still open for `gfid`.
+    pub fn dir(&self, gfid: Gfid, verf: u64) -> Option<Arc<Fd>> {
+        let mut dirs = self.dirs.lock();
+        let e = dirs.get_mut(&verf)?;
+        if e.gfid != gfid {
+            return None;
+        }
+        e.used = Instant::now();
+        Some(e.fd.clone())
+    }
+
+    /// Opens directory `gfid` for a new listing; returns its verifier.
+    pub async fn open_dir(&self, gfid: Gfid) -> FsResult<(u64, Arc<Fd>)> {
+        let fd = Arc::new(self.volume.opendir(gfid).await?);
+        let verf = {
+            let mut v = self.next_verf.lock();
+            *v = v.wrapping_add(1).max(1);
+            *v
+        };
+        self.dirs.lock().insert(
+            verf,
+            DirEntry {
+                gfid,
+                fd: fd.clone(),
+                used: Instant::now(),
+            },
+        );
+        self.reap_dirs(Instant::now());
+        Ok((verf, fd))
+    }
+
+    /// Ends listing `verf` (its end was sent).
+    pub fn close_dir(&self, verf: u64) {
+        let e = self.dirs.lock().remove(&verf);
+        if let Some(e) = e {
+            self.release_later(e.fd);
+        }
+    }
+
+    /// Number of open files and directories.
+    pub fn open_counts(&self) -> (usize, usize) {
+        (self.files.lock().len(), self.dirs.lock().len())
+    }
+
+    /// Releases idle (and excess) entries no call is using.
+    pub fn reap(&self) {
+        let now = Instant::now();
+        let mut victims = Vec::new();
+        {
+            let mut files = self.files.lock();
+            let mut ages: Vec<(Gfid, Instant)> = files.iter().map(|(g, e)| (*g, e.used)).collect();
+            ages.sort_by_key(|(_, t)| *t);
+            let excess = files.len().saturating_sub(self.max_files);
+            for (i, (g, used)) in ages.into_iter().enumerate() {
+                let idle = now.duration_since(used) >= self.idle;
+                if (idle || i < excess)
+                    && files.get(&g).is_some_and(|e| Arc::strong_count(&e.fd) == 1)
+                {
+                    if let Some(e) = files.remove(&g) {
+                        victims.push(e.fd);
+                    }
+                }
+            }
+        }
+        for fd in victims {
+            self.release_later(fd);
+        }
+        self.reap_dirs(now);
+    }
+
+    fn reap_dirs(&self, now: Instant) {
+        let mut victims = Vec::new();
+        {
+            let mut dirs = self.dirs.lock();
+            let mut ages: Vec<(u64, Instant)> = dirs.iter().map(|(v, e)| (*v, e.used)).collect();
+            ages.sort_by_key(|(_, t)| *t);
+            let excess = dirs.len().saturating_sub(self.max_dirs);
+            for (i, (v, used)) in ages.into_iter().enumerate() {
+                if now.duration_since(used) >= self.idle || i < excess {
+                    if let Some(e) = dirs.remove(&v) {
+                        victims.push(e.fd);
+                    }
+                }
+            }
+        }
+        for fd in victims {
+            self.release_later(fd);
+        }
+    }
+
+    /// Releases every entry (shutdown).
+    pub fn clear(&self) {
+        let files: Vec<_> = self.files.lock().drain().map(|(_, e)| e.fd).collect();
+        let dirs: Vec<_> = self.dirs.lock().drain().map(|(_, e)| e.fd).collect();
+        for fd in files.into_iter().chain(dirs) {
+            self.release_later(fd);
+        }
+    }
+
+    fn release_later(&self, fd: Arc<Fd>) {
+        let vol = self.volume.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = vol.flush(&fd, 0).await;
+                let _ = vol.release(&fd).await;
+            });
+        }
+    }
+}
