@@ -41,6 +41,15 @@ pub fn nfsstat3(e: &FsError) -> NfsStat3 {
     }
 }
 
+/// The status for an inode named by a file handle: one that no longer
+/// exists is a stale handle, not a missing name.
+pub fn nfsstat3_handle(e: &FsError) -> NfsStat3 {
+    match e {
+        FsError::NotFound => NFS3ERR_STALE,
+        e => nfsstat3(e),
+    }
+}
+
 /// The MOUNT status for a volume error (RFC 1813 Appendix I `mountstat3`).
 pub fn mountstat3(e: &FsError) -> u32 {
     match nfsstat3(e) {

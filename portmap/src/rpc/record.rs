@@ -96,7 +96,17 @@ pub async fn write_record<W: AsyncWrite + Unpin>(
         .ok()
         .filter(|l| *l < LAST_FRAGMENT)
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "record too large"))?;
-    w.write_all(&(len | LAST_FRAGMENT).to_be_bytes()).await?;
+    let mark = (len | LAST_FRAGMENT).to_be_bytes();
+    if len < 64 * 1024 {
+        // One write: no small segments held back by Nagle on unbuffered sockets.
+        let mut buf = Vec::with_capacity(4 + len as usize);
+        buf.extend_from_slice(&mark);
+        for p in parts {
+            buf.extend_from_slice(p);
+        }
+        return w.write_all(&buf).await;
+    }
+    w.write_all(&mark).await?;
     for p in parts {
         w.write_all(p).await?;
     }

@@ -114,7 +114,7 @@ impl NfsProgram {
             }
         };
         let obj = found.map_err(|s| Fail::attr(s, vol, Some(&dir)))?;
-        if args.name != b".." {
+        if args.name != b".." && args.name != b"." {
             vol.note_parent(&obj, dir.gfid);
         }
         let mut w = ok();

@@ -15,7 +15,7 @@ use kiln_portmap::{CallContext, ProcError, RpcProgram, Transport};
 use std::sync::Arc;
 
 use crate::args;
-use crate::error::nfsstat3;
+use crate::error::{nfsstat3, nfsstat3_handle};
 use crate::gateway::{wcc_attr, Gateway, Target, VolumeCtx};
 use crate::types::*;
 
@@ -116,9 +116,21 @@ impl NfsProgram {
         self.gw.resolve(fh, ctx)
     }
 
-    /// Attributes of the target, as a failure with `post_op_attr` absent.
+    /// Attributes of the target (STALE when it no longer exists).
     pub(crate) async fn stat(&self, t: &Target) -> Result<Iatt, NfsStat3> {
-        t.vol.volume.getattr(t.gfid).await.map_err(|e| nfsstat3(&e))
+        let a = t
+            .vol
+            .volume
+            .getattr(t.gfid)
+            .await
+            .map_err(|e| nfsstat3_handle(&e))?;
+        // Removed but still open somewhere (e.g. in another gateway's fd
+        // cache): gone for NFS clients, as on a kernel server.
+        if a.nlink == 0 && !a.is_dir() {
+            t.vol.fds.evict(t.gfid);
+            return Err(NfsStat3::NFS3ERR_STALE);
+        }
+        Ok(a)
     }
 }
 
