@@ -77,6 +77,8 @@ log "building kiln"
 cargo build --bin kiln
 cargo build -p kiln-tests --bin kt-cleanup
 export KILN_BIN="$target/debug/kiln"
+# `mount -t kiln` runs /sbin/mount.kiln: install the helper as an admin would.
+ln -sf "$KILN_BIN" /sbin/mount.kiln
 export KT_PARALLEL="${KT_PARALLEL:-1}"
 export RUST_BACKTRACE=1
 

@@ -155,17 +155,36 @@ impl Client {
 
     /// Like `mount`, with extra arguments after `kiln mount` (options).
     pub fn mount_with(&self, source: &str, extra: &[&str]) -> Result<Mount<'_>> {
+        self.mount_by(source, |inner, log| {
+            let mut args = vec!["mount", "--log-file", log];
+            args.extend_from_slice(extra);
+            args.push(source);
+            args.push(inner);
+            self.kiln(&args)
+        })
+    }
+
+    /// Mounts with the system's `mount -t kiln SOURCE DIR`, which runs the
+    /// installed `/sbin/mount.kiln` helper (scripts/test.sh installs it).
+    pub fn mount_fstype(&self, source: &str) -> Result<Mount<'_>> {
+        self.mount_by(source, |inner, log| {
+            let opt = format!("log-file={log}");
+            self.run(&["mount", "-t", "kiln", "-o", &opt, source, inner])
+        })
+    }
+
+    fn mount_by(
+        &self,
+        source: &str,
+        run: impl FnOnce(&str, &str) -> Result<Output>,
+    ) -> Result<Mount<'_>> {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let inner = self.dir.join(format!("mnt{n}"));
         std::fs::create_dir_all(&inner).with_context(|| format!("create {}", inner.display()))?;
         let inner_s = inner.to_string_lossy().into_owned();
         // The client's log goes beside its mount point (dumped on failure).
         let log = format!("{}.log", inner_s);
-        let mut args = vec!["mount", "--log-file", &log];
-        args.extend_from_slice(extra);
-        args.push(source);
-        args.push(&inner_s);
-        let out = self.kiln(&args)?;
+        let out = run(&inner_s, &log)?;
         let mount = Mount {
             client: self,
             inner,
