@@ -209,3 +209,40 @@ async fn root_squash_maps_root_to_nobody() {
     let a = env.volume.resolve_path("/squashed.txt").await.unwrap();
     assert_eq!((a.uid, a.gid), (65534, 65534));
 }
+
+/// Rough throughput of nfs-cp through the gateway (run with --release --ignored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput_nfs_cp() {
+    let env = start(2, &[]).await;
+    let mib = std::env::var("KILN_NFS_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256usize);
+    let data = pattern(mib << 20, 3);
+    let up = env.scratch("bench.src");
+    std::fs::write(&up, &data).unwrap();
+    let t = std::time::Instant::now();
+    let (ok, _, err) = run(
+        "nfs-cp",
+        &[up.to_str().unwrap(), &env.url("/bench.bin", "")],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let w = t.elapsed();
+    let down = env.scratch("bench.back");
+    let t = std::time::Instant::now();
+    let (ok, _, err) = run(
+        "nfs-cp",
+        &[&env.url("/bench.bin", ""), down.to_str().unwrap()],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let r = t.elapsed();
+    assert_eq!(sha256_file(&down), sha256(&data));
+    eprintln!(
+        "nfs-cp {mib} MiB: write {:.0} MiB/s, read {:.0} MiB/s",
+        mib as f64 / w.as_secs_f64(),
+        mib as f64 / r.as_secs_f64()
+    );
+}

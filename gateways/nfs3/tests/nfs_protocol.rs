@@ -456,3 +456,48 @@ async fn udp_transport() {
     let a = env.volume.resolve_path("/udp.bin").await.unwrap();
     assert_eq!(a.size, 32 * 1024);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_fds_are_closed() {
+    let env = start_with(
+        2,
+        &[],
+        kiln_nfs3::NfsConfig {
+            listen: "127.0.0.1".parse().unwrap(),
+            nfs_ports: vec![0],
+            mount_port: 0,
+            portmap_port: None,
+            fd_idle: Duration::from_millis(300),
+        },
+    )
+    .await;
+    let mut raw = Raw::connect(env.nfs_addr()).await;
+    let root = raw.mnt("/tv").await.unwrap();
+    let mut w = dirop(&root, "idle.bin");
+    w.put_u32(0);
+    empty_sattr(&mut w);
+    assert_eq!(raw.nfs(8, &w).await.0, 0);
+    let fh = raw.lookup(&root, "idle.bin").await.unwrap();
+    for i in 0..20u64 {
+        write(&mut raw, &fh, i * 4096, &[i as u8; 4096], 0).await;
+    }
+    assert_eq!(
+        env.server.open_fds("tv"),
+        Some((1, 0)),
+        "one fd for twenty writes"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while env.server.open_fds("tv") != Some((0, 0)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle fd not closed: {:?}",
+            env.server.open_fds("tv")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Data written UNSTABLE through the closed fd is on the brick.
+    assert_eq!(
+        env.volume.resolve_path("/idle.bin").await.unwrap().size,
+        20 * 4096
+    );
+}
