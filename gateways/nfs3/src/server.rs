@@ -160,30 +160,15 @@ pub async fn serve_volumes(volumes: Vec<Arc<Volume>>, cfg: NfsConfig) -> anyhow:
         .with_context(|| format!("binding mount on {maddr}"))?;
     let portmap = match cfg.portmap_port {
         None => None,
-        Some(port) => {
-            let pm = Portmapper::start(SocketAddr::new(cfg.listen, port))
-                .await
-                .context("portmapper")?;
-            let mut maps = Vec::new();
-            if let Some(first) = nfs.first() {
-                maps.extend(Mapping::tcp_udp(
-                    NFS_PROGRAM,
-                    NFS_V3,
-                    first.local_addr().port(),
-                ));
+        Some(port) => match register(&cfg, port, &nfs, &mount).await {
+            Ok(pm) => Some(pm),
+            Err(e) => {
+                // Clients can still mount with explicit ports
+                // (mount -o port=2049,mountport=38465).
+                tracing::error!(error = %format!("{e:#}"), "nfs: no portmapper registration; serving anyway");
+                None
             }
-            for v in [MOUNT_V1, MOUNT_V3] {
-                maps.extend(Mapping::tcp_udp(
-                    MOUNT_PROGRAM,
-                    v,
-                    mount.local_addr().port(),
-                ));
-            }
-            pm.register(&maps)
-                .await
-                .context("registering with the portmapper")?;
-            Some(pm)
-        }
+        },
     };
     let reaper = {
         let gw = gw.clone();
@@ -212,10 +197,42 @@ pub async fn serve_volumes(volumes: Vec<Arc<Volume>>, cfg: NfsConfig) -> anyhow:
     })
 }
 
+/// Serves or adopts the portmapper on `port` and registers NFS and MOUNT.
+async fn register(
+    cfg: &NfsConfig,
+    port: u16,
+    nfs: &[ServeHandle],
+    mount: &ServeHandle,
+) -> anyhow::Result<Portmapper> {
+    let pm = Portmapper::start(SocketAddr::new(cfg.listen, port))
+        .await
+        .context("portmapper")?;
+    let mut maps = Vec::new();
+    if let Some(first) = nfs.first() {
+        maps.extend(Mapping::tcp_udp(
+            NFS_PROGRAM,
+            NFS_V3,
+            first.local_addr().port(),
+        ));
+    }
+    for v in [MOUNT_V1, MOUNT_V3] {
+        maps.extend(Mapping::tcp_udp(
+            MOUNT_PROGRAM,
+            v,
+            mount.local_addr().port(),
+        ));
+    }
+    pm.register(&maps)
+        .await
+        .context("registering with the portmapper")?;
+    Ok(pm)
+}
+
 /// Where the gateway gets its volume specs.
 #[derive(Debug, Clone)]
 pub enum SpecSource {
     /// Fetch these volumes' specs from management servers (`host:port`).
+    #[cfg(feature = "mgmt")]
     Servers {
         /// Management servers to ask, in order.
         servers: Vec<String>,
@@ -231,6 +248,7 @@ pub enum SpecSource {
 pub async fn run_nfs(source: SpecSource, cfg: NfsConfig) -> anyhow::Result<()> {
     let specs = match source {
         SpecSource::Specs(s) => s,
+        #[cfg(feature = "mgmt")]
         SpecSource::Servers { servers, volumes } => {
             let mut specs = Vec::new();
             for v in &volumes {
