@@ -15,6 +15,11 @@ pub const DHT_LAYOUT: &str = "trusted.kiln.dht";
 /// A DHT link file's target subvolume name.
 pub const DHT_LINKTO: &str = "trusted.kiln.dht.linkto";
 
+/// Prefix of replicate's pending changelog counters:
+/// `trusted.kiln.afr.<vol>-client-<n>` = three big-endian i64 (data,
+/// metadata, entry) that this copy holds against brick `n`.
+pub const AFR_PREFIX: &str = "trusted.kiln.afr.";
+
 /// True if the attribute is internal to Kiln (hidden from clients).
 pub fn is_internal(name: &str) -> bool {
     name.starts_with(INTERNAL_PREFIX)

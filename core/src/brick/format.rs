@@ -12,6 +12,12 @@
 //!       trusted.kiln.gfid           16 raw bytes, the gfid the client chose
 //!     directories (written by DHT): trusted.kiln.dht        hash ranges
 //!     DHT link files:               trusted.kiln.dht.linkto target subvolume
+//!     replicated volumes, any inode: trusted.kiln.afr.<vol>-client-<n>
+//!                                   24 bytes: three big-endian i64 pending
+//!                                   counters (data, metadata, entry) this
+//!                                   copy holds against brick n of its
+//!                                   replica set (itself included); non-zero
+//!                                   = that brick missed an operation
 //!   .kiln/                          internal (mode 0700), hidden from clients
 //!     00/00/00000000-0000-0000-0000-000000000001 -> ../../..
 //!     ab/cd/<gfid>                  non-directory: a HARD LINK to the inode
@@ -21,6 +27,11 @@
 //!     unlink/<gfid>                 the handle of a file whose last name was
 //!                                   removed while a client had it open; it
 //!                                   goes at the last close (and at start-up)
+//!     indices/xattrop/<gfid>        pending-heal index: an empty file per
+//!                                   inode with a non-zero trusted.kiln.afr.*
+//!                                   counter on this brick (made before the
+//!                                   counter rises, removed after it is zero;
+//!                                   an entry may outlive its inode)
 //! ```
 //!
 //! `ab/cd` are the first four hex digits of the gfid (`Gfid::handle_rel_path`).
@@ -45,6 +56,12 @@ pub const INTERNAL_DIR: &str = ".kiln";
 
 /// Under `.kiln/`: handles of unlinked files still open (see module doc).
 pub const TRASH_DIR: &str = "unlink";
+
+/// Under `.kiln/`: the directory of the brick's indices.
+pub const INDEX_DIR: &str = "indices";
+
+/// Under `.kiln/`: the pending-heal index (see module doc).
+pub const INDEX_XATTROP_DIR: &str = "indices/xattrop";
 
 /// Target of the root gfid's handle (`.kiln/00/00/<root>` -> brick root).
 pub const ROOT_HANDLE_TARGET: &str = "../../..";

@@ -16,15 +16,18 @@
 //! `prepare`, `info`, `sys` (syscall helpers).
 
 mod entry;
+mod index;
 pub mod format;
 mod info;
 mod inode;
+mod internal_locks;
 mod locks;
 mod ops;
 mod prepare;
 mod server;
 mod store;
 mod sys;
+mod xattrop;
 mod xattrs;
 
 use std::net::SocketAddr;
@@ -158,6 +161,8 @@ pub async fn serve_listener(config: BrickConfig, listener: TcpListener) -> Resul
     let shared = Arc::new(ops::Shared {
         store,
         locks: locks::LockTable::default(),
+        ilocks: internal_locks::InternalLocks::default(),
+        xattrop: xattrop::Xattrop::default(),
     });
     let addr = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(

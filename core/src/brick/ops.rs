@@ -26,6 +26,10 @@ pub(crate) struct Shared {
     pub store: Store,
     /// Byte-range locks.
     pub locks: LockTable,
+    /// Internal (inodelk/entrylk) locks.
+    pub ilocks: super::internal_locks::InternalLocks,
+    /// Xattrop serialisation.
+    pub xattrop: super::xattrop::Xattrop,
 }
 
 /// Keeps a regular file counted as open on the brick (so unlinking its
@@ -391,6 +395,15 @@ async fn run(
             };
             lk(&sh.locks, conn, gfid, cmd, lock, owner).await?
         }
+        req @ (Request::Inodelk { .. } | Request::Entrylk { .. }) => {
+            super::internal_locks::serve(&sh.ilocks, conn, req).await?
+        }
+        Request::Xattrop { gfid, op, xattrs } => Reply::Xattrs {
+            xattrs: blocking(move || s.xattrop.apply(&s.store, gfid, op, &xattrs)).await?,
+        },
+        Request::IndexList { after, max } => Reply::Gfids {
+            gfids: blocking(move || super::index::list(&s.store, after, max)).await?,
+        },
         Request::Fallocate {
             fd: _,
             mode,

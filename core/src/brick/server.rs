@@ -192,7 +192,10 @@ async fn read_side(
             }
         };
         // Lock waits may last long: they do not count against the limit.
-        let permit = if matches!(req, Request::Lk { .. }) {
+        let permit = if matches!(
+            req,
+            Request::Lk { .. } | Request::Inodelk { .. } | Request::Entrylk { .. }
+        ) {
             None
         } else {
             match limit.clone().acquire_owned().await {
@@ -215,6 +218,7 @@ async fn read_side(
     // locks, close its fds.
     conn.closed.store(true, Ordering::Release);
     shared.locks.release_conn(id);
+    shared.ilocks.release_conn(id);
     let fds = conn.take_all();
     let n = fds.len();
     // Closing files (and retiring unlinked ones) is disk work.

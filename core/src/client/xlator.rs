@@ -6,11 +6,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::fd::Fd;
-use crate::error::FsResult;
+use crate::error::{FsError, FsResult};
 use crate::gfid::Gfid;
 use crate::iatt::{Iatt, SetAttr, Statvfs};
 use crate::name::Name;
-use crate::proto::{DirEntry, FileLock, Loc, LockCmd, NewInode, XattrMap};
+use crate::proto::{
+    DirEntry, EntryLk, FileLock, InodeLk, Loc, LockCmd, NewInode, XattrMap, XattropOp,
+};
 
 /// Who asks: the credentials a gateway got from its client. New inodes are
 /// owned by `uid`/`gid`.
@@ -124,6 +126,28 @@ pub trait Xlator: Send + Sync {
     async fn lk(&self, fd: &Fd, cmd: LockCmd, lock: FileLock) -> FsResult<FileLock>;
     /// fallocate(2).
     async fn fallocate(&self, fd: &Fd, mode: i32, offset: u64, len: u64) -> FsResult<()>;
+
+    // ---- Internal operations (translators only, never gateways) ----
+
+    /// Internal lock on a byte range of `gfid` (replicate's transactions),
+    /// apart from POSIX locks; `SetWait` returns once granted.
+    async fn inodelk(&self, _gfid: Gfid, _lock: &InodeLk) -> FsResult<()> {
+        Err(FsError::NotSupported)
+    }
+    /// Internal lock on `name` in directory `parent` (`None`: the whole
+    /// directory).
+    async fn entrylk(&self, _parent: Gfid, _name: Option<&Name>, _lock: &EntryLk) -> FsResult<()> {
+        Err(FsError::NotSupported)
+    }
+    /// Atomic arithmetic on `gfid`'s xattrs; returns the new values.
+    async fn xattrop(&self, _gfid: Gfid, _op: XattropOp, _xattrs: &XattrMap) -> FsResult<XattrMap> {
+        Err(FsError::NotSupported)
+    }
+    /// A brick's pending-heal index: gfids after `after`, in order, at most
+    /// `max` (protocol clients only).
+    async fn index_list(&self, _after: Option<Gfid>, _max: u32) -> FsResult<Vec<Gfid>> {
+        Err(FsError::NotSupported)
+    }
 }
 
 /// Builds a `Loc` from a parent gfid and a name.

@@ -92,6 +92,49 @@ pub enum LockCmd {
     SetWait,
 }
 
+/// An internal lock on a byte range of an inode (`Request::Inodelk`): what
+/// translators such as replicate take to serialise their transactions on a
+/// brick. Separate from POSIX locks; locks of different domains never
+/// conflict; held locks go when the connection closes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InodeLk {
+    /// Lock namespace (replicate: its own name, `:metadata` for metadata).
+    pub domain: String,
+    /// `Get` tests (EAGAIN if it would not be granted), `Set` tries
+    /// (EAGAIN on conflict), `SetWait` waits until granted.
+    pub cmd: LockCmd,
+    /// `Read` (shared), `Write` (exclusive) or `Unlock`.
+    pub kind: LockType,
+    /// First byte.
+    pub start: u64,
+    /// Length in bytes; 0 = to end of file.
+    pub len: u64,
+    /// The owner within the client (one per transaction).
+    pub owner: u64,
+}
+
+/// An internal lock on a name in a directory, or on the whole directory
+/// (`Request::Entrylk`). Same rules as `InodeLk`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryLk {
+    /// Lock namespace.
+    pub domain: String,
+    /// `Get`, `Set` or `SetWait`, as for `InodeLk`.
+    pub cmd: LockCmd,
+    /// `Read`, `Write` or `Unlock`.
+    pub kind: LockType,
+    /// The owner within the client.
+    pub owner: u64,
+}
+
+/// What `Request::Xattrop` does with each attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum XattropOp {
+    /// The value is an array of big-endian i64; add it element-wise to the
+    /// stored array (missing attribute or elements count as zero).
+    AddArray64,
+}
+
 /// A request to a brick. The frame's data section carries the bytes of
 /// `Write`; every other request has an empty data section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -201,6 +244,26 @@ pub enum Request {
         offset: u64,
         len: u64,
     },
+    /// Internal lock on a range of an inode; replies `Done` (when granted,
+    /// for `SetWait`).
+    Inodelk { gfid: Gfid, lock: InodeLk },
+    /// Internal lock on `name` in directory `parent` (`None`: the whole
+    /// directory); replies `Done`.
+    Entrylk {
+        parent: Gfid,
+        name: Option<Name>,
+        lock: EntryLk,
+    },
+    /// Atomic arithmetic on xattrs of `gfid` (under a per-inode mutex);
+    /// replies `Xattrs` with the new values.
+    Xattrop {
+        gfid: Gfid,
+        op: XattropOp,
+        xattrs: XattrMap,
+    },
+    /// The brick's pending-heal index: indexed gfids after `after`, in
+    /// order, at most `max`; replies `Gfids`.
+    IndexList { after: Option<Gfid>, max: u32 },
 }
 
 impl Request {
@@ -238,6 +301,10 @@ impl Request {
             Request::Statfs => "STATFS",
             Request::Lk { .. } => "LK",
             Request::Fallocate { .. } => "FALLOCATE",
+            Request::Inodelk { .. } => "INODELK",
+            Request::Entrylk { .. } => "ENTRYLK",
+            Request::Xattrop { .. } => "XATTROP",
+            Request::IndexList { .. } => "INDEXLIST",
         }
     }
 }
@@ -284,6 +351,10 @@ pub enum Reply {
     Lock { lock: FileLock },
     /// The operation succeeded with nothing to return.
     Done,
+    /// Attribute values (the result of `Xattrop`).
+    Xattrs { xattrs: XattrMap },
+    /// Gfids (the result of `IndexList`).
+    Gfids { gfids: Vec<Gfid> },
 }
 
 /// What a brick answers to one request.

@@ -19,7 +19,8 @@ use super::xlator::{Lookup, Xlator};
 use crate::error::{FsError, FsResult};
 use crate::gfid::Gfid;
 use crate::iatt::{FileKind, Iatt, SetAttr, Statvfs};
-use crate::proto::{DirEntry, FileLock, LockCmd, Loc, NewInode, XattrMap};
+use crate::name::Name;
+use crate::proto::{DirEntry, EntryLk, FileLock, InodeLk, LockCmd, Loc, NewInode, XattrMap, XattropOp};
 use crate::xattr_names::{DHT_LAYOUT, DHT_LINKTO};
 use layout::Layout;
 
@@ -359,6 +360,32 @@ impl Xlator for Distribute {
     async fn fallocate(&self, fd: &Fd, mode: i32, offset: u64, len: u64) -> FsResult<()> {
         let f = self.file_fd(fd)?;
         self.children[f.subvol].fallocate(&f.child, mode, offset, len).await
+    }
+
+    // Internal operations go where the inode lives (a directory: everywhere).
+
+    async fn inodelk(&self, gfid: Gfid, lock: &InodeLk) -> FsResult<()> {
+        match self.file_subvol(gfid).await? {
+            Some(c) => c.inodelk(gfid, lock).await,
+            None => self.on_all_dirs(|c| async move { c.inodelk(gfid, lock).await }).await,
+        }
+    }
+
+    async fn entrylk(&self, parent: Gfid, name: Option<&Name>, lock: &EntryLk) -> FsResult<()> {
+        match name {
+            Some(n) => {
+                let i = self.hashed_subvol(&Loc { parent, name: n.clone() }).await?;
+                self.children[i].entrylk(parent, name, lock).await
+            }
+            None => self.on_all_dirs(|c| async move { c.entrylk(parent, None, lock).await }).await,
+        }
+    }
+
+    async fn xattrop(&self, gfid: Gfid, op: XattropOp, xattrs: &XattrMap) -> FsResult<XattrMap> {
+        match self.file_subvol(gfid).await? {
+            Some(c) => c.xattrop(gfid, op, xattrs).await,
+            None => self.on_all_dirs(|c| async move { c.xattrop(gfid, op, xattrs).await }).await,
+        }
     }
 }
 

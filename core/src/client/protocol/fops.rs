@@ -13,7 +13,11 @@ use crate::client::xlator::{Lookup, Xlator};
 use crate::error::{FsError, FsResult};
 use crate::gfid::Gfid;
 use crate::iatt::{Iatt, SetAttr, Statvfs};
-use crate::proto::{DirEntry, FileLock, LockCmd, Loc, NewInode, Reply, Request, XattrMap};
+use crate::name::Name;
+use crate::proto::{
+    DirEntry, EntryLk, FileLock, InodeLk, LockCmd, Loc, NewInode, Reply, Request, XattrMap,
+    XattropOp,
+};
 
 /// The brick-side fd behind an `Fd`, with the connection generation it
 /// belongs to.
@@ -266,6 +270,28 @@ impl Xlator for ProtocolClient {
     async fn fallocate(&self, fd: &Fd, mode: i32, offset: u64, len: u64) -> FsResult<()> {
         match self.fd_call(fd, |n| Request::Fallocate { fd: n, mode, offset, len }, Bytes::new()).await?.0 {
             Reply::Done => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn inodelk(&self, gfid: Gfid, lock: &InodeLk) -> FsResult<()> {
+        self.done(Request::Inodelk { gfid, lock: lock.clone() }).await
+    }
+
+    async fn entrylk(&self, parent: Gfid, name: Option<&Name>, lock: &EntryLk) -> FsResult<()> {
+        self.done(Request::Entrylk { parent, name: name.cloned(), lock: lock.clone() }).await
+    }
+
+    async fn xattrop(&self, gfid: Gfid, op: XattropOp, xattrs: &XattrMap) -> FsResult<XattrMap> {
+        match self.call(Request::Xattrop { gfid, op, xattrs: xattrs.clone() }, Bytes::new()).await?.0 {
+            Reply::Xattrs { xattrs } => Ok(xattrs),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn index_list(&self, after: Option<Gfid>, max: u32) -> FsResult<Vec<Gfid>> {
+        match self.call(Request::IndexList { after, max }, Bytes::new()).await?.0 {
+            Reply::Gfids { gfids } => Ok(gfids),
             r => Err(unexpected(r)),
         }
     }
