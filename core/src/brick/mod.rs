@@ -9,7 +9,8 @@
 //!   stamping, run by the management daemon on the brick's own server.
 //! - `BrickInfo` / `brick_info(path)` — what `volume status detail` shows.
 //!
-//! Inside: `server` (listener, connections, reply writer), `ops` (request
+//! Inside: `server` (listener, connection threads), `wire` (blocking frame
+//! reader and reply sink), `ops` (request
 //! dispatch, open fds), `store` (gfid resolution, handle cache), `entry`
 //! (name operations), `inode` (gfid operations, readdir), `xattrs`,
 //! `locks` (byte-range locks), `format` (the on-disk format, documented),
@@ -27,6 +28,7 @@ mod prepare;
 mod server;
 mod store;
 mod sys;
+mod wire;
 mod xattrop;
 mod xattrs;
 

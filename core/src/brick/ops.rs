@@ -1,5 +1,6 @@
-//! Request dispatch: turns one decoded `Request` into a reply, running every
-//! disk call on the blocking pool. Owns a connection's open-fd table; bulk
+//! Request dispatch: turns one decoded `Request` into a reply (`route` says
+//! on which thread): disk work in `run_blocking`, lock waits as tasks in
+//! `run_wait`. Owns a connection's open-fd table; bulk
 //! data moves between the frame and the disk without serde (reads land in a
 //! `BytesMut` that becomes the reply frame's data).
 
@@ -163,37 +164,78 @@ fn file(bound: Bound) -> FsResult<Arc<OpenFd>> {
     }
 }
 
-/// Runs a disk operation on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> FsResult<T> + Send + 'static,
-) -> FsResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| FsError::Io(format!("brick worker failed: {e}")))?
+/// Requests moving at least this many bytes go to the worker pool.
+const BULK: usize = 64 * 1024;
+
+/// Where a request is served.
+pub(crate) enum Route {
+    /// On the connection's own thread, before the next request is read:
+    /// quick metadata work, answered with no thread hand-off.
+    Here,
+    /// On the worker pool (bulk data, fsync, listings): the connection
+    /// keeps reading while it runs.
+    Pool,
+    /// As a task: may wait for a long time without holding a thread (lock
+    /// waits).
+    Wait,
 }
 
-/// Answers one request (after the handshake).
-pub(crate) async fn dispatch(
-    sh: &Arc<Shared>,
-    conn: &Arc<Conn>,
-    req: Request,
-    data: Bytes,
-    bound: Bound,
-) -> (FsResult<Reply>, Bytes) {
-    match run(sh, conn, req, data, bound).await {
-        Ok((r, d)) => (Ok(r), d),
-        Err(e) => (Err(e), Bytes::new()),
+/// Where `req` (with `data_len` bytes of data) is served.
+pub(crate) fn route(req: &Request, data_len: usize) -> Route {
+    match req {
+        Request::Lk { .. } | Request::Inodelk { .. } | Request::Entrylk { .. } => Route::Wait,
+        Request::IndexList { .. } => Route::Pool,
+        Request::Read { size, .. } if *size as usize >= BULK => Route::Pool,
+        Request::Write { .. } if data_len >= BULK => Route::Pool,
+        Request::Fsync { .. }
+        | Request::Readdir { .. }
+        | Request::Fallocate { .. }
+        | Request::Ftruncate { .. } => Route::Pool,
+        _ => Route::Here,
     }
 }
 
-async fn run(
+/// Answers a request routed `Wait` (a lock request, which may wait for
+/// another owner's unlock).
+pub(crate) async fn run_wait(
+    sh: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    req: Request,
+    bound: Bound,
+) -> FsResult<(Reply, Bytes)> {
+    match req {
+        Request::Lk { fd: _, cmd, lock } => {
+            let gfid = any(bound)?.gfid();
+            let owner = OwnerKey {
+                client: conn.client.clone(),
+                owner: lock.owner,
+            };
+            Ok((
+                lk(&sh.locks, conn, gfid, cmd, lock, owner).await?,
+                Bytes::new(),
+            ))
+        }
+        req @ (Request::Inodelk { .. } | Request::Entrylk { .. }) => Ok((
+            super::internal_locks::serve(&sh.ilocks, conn, req).await?,
+            Bytes::new(),
+        )),
+        other => Err(FsError::Protocol(format!(
+            "{} does not wait",
+            other.op_name()
+        ))),
+    }
+}
+
+/// Answers a request routed `Here` or `Pool` (disk work: call it on a
+/// brick thread, never on the reactor).
+pub(crate) fn run_blocking(
     sh: &Arc<Shared>,
     conn: &Arc<Conn>,
     req: Request,
     data: Bytes,
     bound: Bound,
 ) -> FsResult<(Reply, Bytes)> {
-    let s = sh.clone();
+    let s = sh;
     let none = Bytes::new();
     let reply = match req {
         Request::Handshake { .. } => {
@@ -201,23 +243,23 @@ async fn run(
         }
         Request::Ping => Reply::Pong,
         Request::Lookup { loc, xattrs } => {
-            let (iatt, xattrs) = blocking(move || s.store.lookup(&loc, &xattrs)).await?;
+            let (iatt, xattrs) = s.store.lookup(&loc, &xattrs)?;
             Reply::Entry { iatt, xattrs }
         }
         Request::LookupGfid { gfid, xattrs } => {
-            let (iatt, xattrs) = blocking(move || s.store.lookup_gfid(gfid, &xattrs)).await?;
+            let (iatt, xattrs) = s.store.lookup_gfid(gfid, &xattrs)?;
             Reply::Entry { iatt, xattrs }
         }
         Request::Stat { gfid } => Reply::Attr {
-            iatt: blocking(move || s.store.stat(gfid)).await?,
+            iatt: s.store.stat(gfid)?,
         },
         Request::Setattr { gfid, attr } => Reply::Attr {
-            iatt: blocking(move || s.store.setattr(gfid, &attr)).await?,
+            iatt: s.store.setattr(gfid, &attr)?,
         },
         Request::Ftruncate { fd: _, size } => {
             let f = file(bound)?;
             Reply::Attr {
-                iatt: blocking(move || ftruncate(&f, size)).await?,
+                iatt: ftruncate(&f, size)?,
             }
         }
         Request::Create {
@@ -227,8 +269,7 @@ async fn run(
             exclusive,
         } => {
             let gfid = inode.gfid;
-            let (fd, iatt) =
-                blocking(move || s.store.create(&loc, &inode, flags, exclusive)).await?;
+            let (fd, iatt) = s.store.create(&loc, &inode, flags, exclusive)?;
             let fd = conn.insert(OpenFd::File {
                 gfid,
                 fd,
@@ -237,38 +278,38 @@ async fn run(
             Reply::Created { iatt, fd }
         }
         Request::Mknod { loc, inode, rdev } => Reply::Entry {
-            iatt: blocking(move || s.store.mknod(&loc, &inode, rdev)).await?,
+            iatt: s.store.mknod(&loc, &inode, rdev)?,
             xattrs: Default::default(),
         },
         Request::Mkdir { loc, inode } => Reply::Entry {
-            iatt: blocking(move || s.store.mkdir(&loc, &inode)).await?,
+            iatt: s.store.mkdir(&loc, &inode)?,
             xattrs: Default::default(),
         },
         Request::Symlink { loc, inode, target } => Reply::Entry {
-            iatt: blocking(move || s.store.symlink(&loc, &inode, &target)).await?,
+            iatt: s.store.symlink(&loc, &inode, &target)?,
             xattrs: Default::default(),
         },
         Request::Link { gfid, loc } => Reply::Entry {
-            iatt: blocking(move || s.store.link(gfid, &loc)).await?,
+            iatt: s.store.link(gfid, &loc)?,
             xattrs: Default::default(),
         },
         Request::Unlink { loc } => {
-            blocking(move || s.store.unlink(&loc)).await?;
+            s.store.unlink(&loc)?;
             Reply::Done
         }
         Request::Rmdir { loc } => {
-            blocking(move || s.store.rmdir(&loc)).await?;
+            s.store.rmdir(&loc)?;
             Reply::Done
         }
         Request::Rename { from, to } => {
-            blocking(move || s.store.rename(&from, &to)).await?;
+            s.store.rename(&from, &to)?;
             Reply::Done
         }
         Request::Readlink { gfid } => Reply::Link {
-            target: blocking(move || s.store.readlink(gfid)).await?,
+            target: s.store.readlink(gfid)?,
         },
         Request::Open { gfid, flags } => {
-            let (fd, is_dir) = blocking(move || s.store.open(gfid, flags)).await?;
+            let (fd, is_dir) = s.store.open(gfid, flags)?;
             let open = (!is_dir).then(|| OpenGuard::new(sh, gfid));
             Reply::Opened {
                 fd: conn.insert(OpenFd::File {
@@ -285,12 +326,12 @@ async fn run(
         } => {
             let f = file(bound)?;
             let size = (size as usize).min(READ_MAX);
-            let (buf, eof) = blocking(move || read(&f, offset, size)).await?;
+            let (buf, eof) = read(&f, offset, size)?;
             return Ok((Reply::Read { eof }, buf));
         }
         Request::Write { fd: _, offset } => {
             let f = file(bound)?;
-            let (count, iatt) = blocking(move || write(&f, offset, &data)).await?;
+            let (count, iatt) = write(&f, offset, &data)?;
             Reply::Written { count, iatt }
         }
         Request::Flush { fd: _, owner } => {
@@ -304,33 +345,23 @@ async fn run(
         }
         Request::Fsync { fd: _, datasync } => {
             let f = any(bound)?;
-            blocking(move || {
-                let fd = file_fd(&f);
-                if datasync {
-                    rustix::fs::fdatasync(fd)?;
-                } else {
-                    rustix::fs::fsync(fd)?;
-                }
-                Ok(())
-            })
-            .await?;
-            Reply::Done
-        }
-        Request::Release { .. } => {
-            // Already taken out of the table by `bind`, in arrival order.
-            if let Some(Ok(f)) = bound {
-                // Closing may flush to disk (and retire an unlinked file):
-                // off the reactor, and done before the reply.
-                blocking(move || {
-                    drop(f);
-                    Ok(())
-                })
-                .await?;
+            let fd = file_fd(&f);
+            if datasync {
+                rustix::fs::fdatasync(fd)?;
+            } else {
+                rustix::fs::fsync(fd)?;
             }
             Reply::Done
         }
+        Request::Release { .. } => {
+            // Already taken out of the table by `bind`, in arrival order;
+            // closing may flush to disk (and retire an unlinked file), and
+            // is done before the reply.
+            drop(bound);
+            Reply::Done
+        }
         Request::Opendir { gfid } => {
-            let fd = blocking(move || s.store.opendir(gfid)).await?;
+            let fd = s.store.opendir(gfid)?;
             Reply::Opened {
                 fd: conn.insert(OpenFd::Dir {
                     gfid,
@@ -347,63 +378,47 @@ async fn run(
             xattrs,
         } => {
             let f = any(bound)?;
-            let entries = blocking(move || {
-                let OpenFd::Dir { gfid, fd, snap } = &*f else {
-                    return Err(FsError::NotDir);
-                };
-                let cur = snap.lock().clone();
-                let list = match cur {
-                    Some(l) if offset != 0 => l,
-                    _ => {
-                        let l = Arc::new(s.store.snapshot(fd, gfid.is_root())?);
-                        *snap.lock() = Some(l.clone());
-                        l
-                    }
-                };
-                s.store
-                    .dir_entries(fd, &list, offset, max_entries, plus, &xattrs)
-            })
-            .await?;
+            let OpenFd::Dir { gfid, fd, snap } = &*f else {
+                return Err(FsError::NotDir);
+            };
+            let cur = snap.lock().clone();
+            let list = match cur {
+                Some(l) if offset != 0 => l,
+                _ => {
+                    let l = Arc::new(s.store.snapshot(fd, gfid.is_root())?);
+                    *snap.lock() = Some(l.clone());
+                    l
+                }
+            };
+            let entries = s
+                .store
+                .dir_entries(fd, &list, offset, max_entries, plus, &xattrs)?;
             Reply::Entries { entries }
         }
         Request::Getxattr { gfid, name } => Reply::Xattr {
-            value: blocking(move || s.store.getxattr(gfid, &name)).await?,
+            value: s.store.getxattr(gfid, &name)?,
         },
         Request::Listxattr { gfid } => Reply::XattrNames {
-            names: blocking(move || s.store.listxattr(gfid)).await?,
+            names: s.store.listxattr(gfid)?,
         },
         Request::Setxattr {
             gfid,
             xattrs,
             flags,
         } => {
-            blocking(move || s.store.setxattr(gfid, &xattrs, flags)).await?;
+            s.store.setxattr(gfid, &xattrs, flags)?;
             Reply::Done
         }
         Request::Removexattr { gfid, name } => {
-            blocking(move || s.store.removexattr(gfid, &name)).await?;
+            s.store.removexattr(gfid, &name)?;
             Reply::Done
         }
         Request::Statfs => Reply::Statfs {
-            stat: blocking(move || s.store.statfs()).await?,
+            stat: s.store.statfs()?,
         },
-        Request::Lk { fd: _, cmd, lock } => {
-            let gfid = any(bound)?.gfid();
-            let owner = OwnerKey {
-                client: conn.client.clone(),
-                owner: lock.owner,
-            };
-            lk(&sh.locks, conn, gfid, cmd, lock, owner).await?
+        Request::Lk { .. } | Request::Inodelk { .. } | Request::Entrylk { .. } => {
+            return Err(FsError::Protocol("lock request on the wrong path".into()))
         }
-        req @ (Request::Inodelk { .. } | Request::Entrylk { .. }) => {
-            super::internal_locks::serve(&sh.ilocks, conn, req).await?
-        }
-        Request::Xattrop { gfid, op, xattrs } => Reply::Xattrs {
-            xattrs: blocking(move || s.xattrop.apply(&s.store, gfid, op, &xattrs)).await?,
-        },
-        Request::IndexList { after, max } => Reply::Gfids {
-            gfids: blocking(move || super::index::list(&s.store, after, max)).await?,
-        },
         Request::Fallocate {
             fd: _,
             mode,
@@ -411,15 +426,17 @@ async fn run(
             len,
         } => {
             let f = file(bound)?;
-            blocking(move || {
-                let flags = rustix::fs::FallocateFlags::from_bits(mode as u32)
-                    .ok_or(FsError::InvalidArgument)?;
-                rustix::fs::fallocate(file_fd(&f), flags, offset, len)?;
-                Ok(())
-            })
-            .await?;
+            let flags = rustix::fs::FallocateFlags::from_bits(mode as u32)
+                .ok_or(FsError::InvalidArgument)?;
+            rustix::fs::fallocate(file_fd(&f), flags, offset, len)?;
             Reply::Done
         }
+        Request::Xattrop { gfid, op, xattrs } => Reply::Xattrs {
+            xattrs: s.xattrop.apply(&s.store, gfid, op, &xattrs)?,
+        },
+        Request::IndexList { after, max } => Reply::Gfids {
+            gfids: super::index::list(&s.store, after, max)?,
+        },
     };
     Ok((reply, none))
 }

@@ -1,67 +1,103 @@
-//! The brick's network side: the listener, one task per client connection
-//! (handshake, then pipelined requests handled concurrently and answered in
-//! any order), a writer task per connection that sends bulk data without
-//! copying it, and the cleanup of fds and locks when a client goes away.
+//! The brick's network side: the listener, and one thread per client
+//! connection (handshake, then pipelined requests: quick metadata requests
+//! answered on that thread as they arrive, bulk data, fsync and listings on
+//! the worker pool, lock waits as tasks, so replies come in any order; each
+//! reply is written by the thread that produced it, bulk data without
+//! copying), and the cleanup of fds and locks when a client goes away.
 
-use bytes::{BufMut, Bytes, BytesMut};
-use futures::StreamExt;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
-use tokio_util::codec::FramedRead;
+use tokio::net::TcpListener;
 
-use super::ops::{self, Conn, Shared};
+use super::ops::{self, Conn, Route, Shared};
+use super::wire::{encode, FrameReader, ReplySink, Slots};
 use super::BrickConfig;
-use crate::error::FsError;
+use crate::error::{FsError, FsResult};
 use crate::proto::frame::encode_meta;
-use crate::proto::{
-    FrameCodec, FrameKind, Reply, ReplyResult, Request, MAX_FRAME, PROTOCOL_VERSION,
-};
+use crate::proto::{FrameKind, Reply, ReplyResult, Request, PROTOCOL_VERSION};
 
-/// Requests of one connection handled at once (more wait in the socket).
+/// Requests of one connection on the worker pool at once (more wait in the
+/// socket).
 const IN_FLIGHT: usize = 256;
-/// Replies queued for the writer of one connection.
-const REPLY_QUEUE: usize = 1024;
+/// Replies (segments) held back for one write at most.
+const CORK_MAX: usize = 64;
 /// How long a new connection may take to send its handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-/// Data at least this large is written straight from its buffer.
-const DIRECT_WRITE: usize = 32 * 1024;
 
-/// A reply ready to send.
-struct Out {
-    xid: u64,
-    meta: Bytes,
-    data: Bytes,
+/// The live connections' sockets, so that stopping the brick (dropping
+/// `accept_loop`) closes them all, as a killed brick process would.
+#[derive(Default)]
+struct Live(Mutex<HashMap<u64, Arc<ReplySink>>>);
+
+/// Shuts every live connection down when dropped.
+struct CloseAll(Arc<Live>);
+
+impl Drop for CloseAll {
+    fn drop(&mut self) {
+        for (_, s) in self.0 .0.lock().drain() {
+            s.shutdown();
+        }
+    }
 }
 
-/// Accepts connections forever.
+/// Accepts connections forever; each is served by its own thread.
 pub(crate) async fn accept_loop(
     config: Arc<BrickConfig>,
     shared: Arc<Shared>,
     listener: TcpListener,
 ) {
     let next_conn = AtomicU64::new(1);
-    // Connections belong to this future: dropping it (an aborted brick
-    // task in tests) closes them all, as a killed brick process would.
-    let mut conns = tokio::task::JoinSet::new();
+    let live = Arc::new(Live::default());
+    let _close = CloseAll(live.clone());
+    let rt = tokio::runtime::Handle::current();
     loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let id = next_conn.fetch_add(1, Ordering::Relaxed);
-                    conns.spawn(connection(config.clone(), shared.clone(), stream, peer, id));
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        let (stream, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let id = next_conn.fetch_add(1, Ordering::Relaxed);
+        let stream = match stream.into_std().and_then(|s| {
+            s.set_nonblocking(false)?;
+            s.set_nodelay(true)?;
+            Ok(s)
+        }) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, "cannot set up connection: {e}");
+                continue;
+            }
+        };
+        let sink = match stream.try_clone() {
+            Ok(w) => Arc::new(ReplySink::new(w)),
+            Err(e) => {
+                tracing::warn!(%peer, "cannot set up connection: {e}");
+                continue;
+            }
+        };
+        live.0.lock().insert(id, sink.clone());
+        let (cfg, sh, lv, rt) = (config.clone(), shared.clone(), live.clone(), rt.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("kiln-conn-{id}"))
+            .spawn(move || {
+                let reader = FrameReader::new(stream);
+                connection(&cfg, &sh, reader, &sink, peer, id, &rt);
+                sink.shutdown();
+                lv.0.lock().remove(&id);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(%peer, "cannot start a connection thread: {e}");
+            if let Some(s) = live.0.lock().remove(&id) {
+                s.shutdown();
+            }
         }
     }
 }
@@ -100,68 +136,55 @@ fn check_handshake(config: &BrickConfig, req: Request) -> Result<String, FsError
     Ok(client_id)
 }
 
-/// One client connection: its read side and its reply writer run in this
-/// one task, so dropping it (brick shutdown) closes the socket at once.
-async fn connection(
-    config: Arc<BrickConfig>,
-    shared: Arc<Shared>,
-    stream: TcpStream,
+/// Serves one client connection on this thread until it ends.
+fn connection(
+    config: &BrickConfig,
+    shared: &Arc<Shared>,
+    mut reader: FrameReader,
+    sink: &Arc<ReplySink>,
     peer: SocketAddr,
     id: u64,
+    rt: &tokio::runtime::Handle,
 ) {
-    let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
-    let (tx, rx) = mpsc::channel::<Out>(REPLY_QUEUE);
-    // The writer ends once the read side and every in-flight request have
-    // dropped their senders (after the last reply).
-    tokio::join!(
-        read_side(config, shared, r, tx, peer, id),
-        write_loop(w, rx, peer)
-    );
-}
-
-async fn read_side(
-    config: Arc<BrickConfig>,
-    shared: Arc<Shared>,
-    r: tokio::net::tcp::OwnedReadHalf,
-    tx: mpsc::Sender<Out>,
-    peer: SocketAddr,
-    id: u64,
-) {
-    let mut reader = FramedRead::with_capacity(r, FrameCodec, 256 * 1024);
-
     // Handshake.
-    let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()).await {
-        Ok(Some(Ok(f))) => f,
-        Ok(Some(Err(e))) => {
-            tracing::warn!(%peer, "bad frame before handshake, closing: {e}");
-            return;
-        }
+    let _ = reader.set_timeout(Some(HANDSHAKE_TIMEOUT));
+    let first = match reader.next() {
+        Ok(Some(f)) => f,
         Ok(None) => return,
-        Err(_) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
             tracing::warn!(%peer, "no handshake within {HANDSHAKE_TIMEOUT:?}, closing");
             return;
         }
+        Err(e) => {
+            tracing::warn!(%peer, "bad frame before handshake, closing: {e}");
+            return;
+        }
     };
+    let _ = reader.set_timeout(None);
     let hs = if first.kind != FrameKind::Request {
         Err(FsError::Protocol("expected a request frame".into()))
     } else {
         first
             .decode_request()
-            .and_then(|r| check_handshake(&config, r))
+            .and_then(|r| check_handshake(config, r))
     };
     let client_id = match hs {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%peer, "handshake refused: {e}");
-            send(&tx, first.xid, Err(e), Bytes::new()).await;
+            send(sink, first.xid, Err(e));
             return;
         }
     };
     let welcome = Reply::Welcome {
         volume_id: config.volume_id.clone(),
     };
-    send(&tx, first.xid, Ok(welcome), Bytes::new()).await;
+    send(sink, first.xid, Ok((welcome, Bytes::new())));
     let client: Arc<str> = if client_id.is_empty() {
         Arc::from(peer.to_string())
     } else {
@@ -169,16 +192,19 @@ async fn read_side(
     };
     tracing::info!(%peer, client = %client, conn = id, "client connected");
     let conn = Arc::new(Conn::new(id, client));
-    let limit = Arc::new(Semaphore::new(IN_FLIGHT));
+    let slots = Arc::new(Slots::new(IN_FLIGHT));
+    let mut corked: Vec<Bytes> = Vec::new();
 
     loop {
-        let frame = match reader.next().await {
-            Some(Ok(f)) => f,
-            Some(Err(e)) => {
-                tracing::warn!(%peer, conn = id, "bad frame, closing connection: {e}");
+        let frame = match reader.next() {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::ConnectionReset {
+                    tracing::warn!(%peer, conn = id, "bad frame or read error, closing connection: {e}");
+                }
                 break;
             }
-            None => break,
         };
         if frame.kind != FrameKind::Request {
             tracing::warn!(%peer, conn = id, "reply frame from a client, closing connection");
@@ -191,43 +217,75 @@ async fn read_side(
                 break;
             }
         };
-        // Lock waits may last long: they do not count against the limit.
-        let permit = if matches!(
-            req,
-            Request::Lk { .. } | Request::Inodelk { .. } | Request::Entrylk { .. }
-        ) {
-            None
-        } else {
-            match limit.clone().acquire_owned().await {
-                Ok(p) => Some(p),
-                Err(_) => break,
-            }
-        };
+        // Fds are bound in arrival order, wherever the request then runs.
         let bound = ops::bind(&conn, &req);
-        let (sh, c, tx) = (shared.clone(), conn.clone(), tx.clone());
         let xid = frame.xid;
-        let data = frame.data;
-        tokio::spawn(async move {
-            let (rep, out) = ops::dispatch(&sh, &c, req, data, bound).await;
-            send(&tx, xid, rep, out).await;
-            drop(permit);
-        });
+        match ops::route(&req, frame.data.len()) {
+            Route::Here => {
+                let r = ops::run_blocking(shared, &conn, req, frame.data, bound);
+                encode_reply(&mut corked, xid, r);
+            }
+            Route::Pool => {
+                slots.take();
+                let (sh, c, sk, sl) = (shared.clone(), conn.clone(), sink.clone(), slots.clone());
+                let data = frame.data;
+                rt.spawn_blocking(move || {
+                    let r = ops::run_blocking(&sh, &c, req, data, bound);
+                    send(&sk, xid, r);
+                    sl.give();
+                });
+            }
+            Route::Wait => {
+                // Lock waits may last long: they hold no slot and no thread.
+                let (sh, c, sk) = (shared.clone(), conn.clone(), sink.clone());
+                rt.spawn(async move {
+                    let r = ops::run_wait(&sh, &c, req, bound).await;
+                    // Writing may block while the client is not reading.
+                    let _ = tokio::task::spawn_blocking(move || send(&sk, xid, r)).await;
+                });
+            }
+        }
+        // Replies made here go out together, once no further request is
+        // already waiting in the buffer (one write for a pipelined batch).
+        if !corked.is_empty() && (!reader.has_frame() || corked.len() >= CORK_MAX) {
+            if let Err(e) = sink.write_segments(&corked) {
+                tracing::debug!(%peer, conn = id, "reply write failed, closing connection: {e}");
+                break;
+            }
+            corked.clear();
+        }
     }
 
     // Disconnect: no more locks for this connection, drop its waiters and
-    // locks, close its fds.
+    // locks; let pool requests finish (their replies may still go out to a
+    // half-closed client), then close its fds.
     conn.closed.store(true, Ordering::Release);
     shared.locks.release_conn(id);
     shared.ilocks.release_conn(id);
+    slots.wait_idle();
     let fds = conn.take_all();
     let n = fds.len();
-    // Closing files (and retiring unlinked ones) is disk work.
-    tokio::task::spawn_blocking(move || drop(fds));
+    drop(fds);
     tracing::info!(%peer, conn = id, open_fds = n, "client disconnected");
-    drop(reader);
 }
 
-async fn send(tx: &mpsc::Sender<Out>, xid: u64, rep: ReplyResult, data: Bytes) {
+/// Encodes and sends one reply; a failed write shuts the connection down
+/// (its reader then ends and cleans up).
+fn send(sink: &ReplySink, xid: u64, res: FsResult<(Reply, Bytes)>) {
+    let mut segs = Vec::with_capacity(2);
+    encode_reply(&mut segs, xid, res);
+    if let Err(e) = sink.write_segments(&segs) {
+        tracing::debug!(xid, "reply write failed, closing connection: {e}");
+        sink.shutdown();
+    }
+}
+
+/// Appends one encoded reply to `segs` (see `wire::encode`).
+fn encode_reply(segs: &mut Vec<Bytes>, xid: u64, res: FsResult<(Reply, Bytes)>) {
+    let (rep, data) = match res {
+        Ok((r, d)) => (ReplyResult::Ok(r), d),
+        Err(e) => (ReplyResult::Err(e), Bytes::new()),
+    };
     let meta = match encode_meta(&rep) {
         Ok(m) => m,
         Err(e) => {
@@ -240,50 +298,11 @@ async fn send(tx: &mpsc::Sender<Out>, xid: u64, rep: ReplyResult, data: Bytes) {
             }
         }
     };
-    let _ = tx.send(Out { xid, meta, data }).await;
-}
-
-/// Appends a frame header (and the meta) to `buf`.
-fn put_header(buf: &mut BytesMut, o: &Out) {
-    let len = 1 + 8 + 4 + o.meta.len() + o.data.len();
-    buf.reserve(4 + len - o.data.len());
-    buf.put_u32(len as u32);
-    buf.put_u8(1); // reply
-    buf.put_u64(o.xid);
-    buf.put_u32(o.meta.len() as u32);
-    buf.extend_from_slice(&o.meta);
-}
-
-/// Sends replies in the wire format of `FrameCodec`: small ones are batched
-/// into one buffer, large data sections are written from their own buffer.
-async fn write_loop(mut w: OwnedWriteHalf, mut rx: mpsc::Receiver<Out>, peer: SocketAddr) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(o) = next.take() {
-            if 1 + 8 + 4 + o.meta.len() + o.data.len() > MAX_FRAME {
-                tracing::error!(%peer, xid = o.xid, "reply exceeds the frame limit; dropped");
-            } else {
-                put_header(&mut buf, &o);
-                if o.data.len() >= DIRECT_WRITE {
-                    if w.write_all(&buf).await.is_err() || w.write_all(&o.data).await.is_err() {
-                        return;
-                    }
-                    buf.clear();
-                } else {
-                    buf.extend_from_slice(&o.data);
-                }
-            }
-            if buf.len() < 256 * 1024 {
-                next = rx.try_recv().ok();
-            }
-        }
-        if !buf.is_empty() {
-            if w.write_all(&buf).await.is_err() {
-                return;
-            }
-            buf.clear();
+    if let Err(e) = encode(segs, FrameKind::Reply, xid, &meta, &data) {
+        tracing::error!(xid, "reply dropped: {e}");
+        let fail = ReplyResult::Err(FsError::Io(format!("reply dropped: {e}")));
+        if let Ok(m) = encode_meta(&fail) {
+            let _ = encode(segs, FrameKind::Reply, xid, &m, &Bytes::new());
         }
     }
-    let _ = w.shutdown().await;
 }

@@ -9,9 +9,18 @@
 //! [rest]       bulk data (write payload / read result), raw
 //! ```
 //! Requests are pipelined: many may be outstanding, replies come in any order.
+//!
+//! `FrameSink` sends frames from any thread: the sender writes to the socket
+//! itself when it can do so without blocking (no hop to a writer task), and
+//! bulk data goes out by vectored writes from its own buffer (no copy).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use parking_lot::Mutex;
 use serde::{de::DeserializeOwned, Serialize};
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::Notify;
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::messages::{ReplyResult, Request};
@@ -159,6 +168,299 @@ impl Encoder<Frame> for FrameCodec {
         dst.extend_from_slice(&f.meta);
         dst.extend_from_slice(&f.data);
         Ok(())
+    }
+}
+
+/// Data sections at least this large are written from their own buffer;
+/// smaller ones are copied beside their header.
+const SINK_INLINE: usize = 16 * 1024;
+/// Segments handed to one vectored write.
+const SINK_IOV: usize = 64;
+
+/// The socket is closed (or failed): nothing more can be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SinkClosed;
+
+/// The sending side of a frame connection, shared by every thread that
+/// answers or asks on it. A sender appends its frame to the queue and, unless
+/// the socket is known to be full, writes the queue out at once with
+/// non-blocking writes; what the socket does not take is written by the
+/// sink's flusher task (`FrameSink::flusher`) as soon as the socket drains.
+/// Frames leave in the order they were sent.
+pub struct FrameSink {
+    w: OwnedWriteHalf,
+    state: Mutex<SinkState>,
+    /// Wakes the flusher (the socket was full) or waiters for room.
+    wake: Notify,
+    drained: Notify,
+    /// Wakes the lazy flusher (a lazy frame waits in the queue).
+    lazy_wake: Notify,
+}
+
+#[derive(Default)]
+struct SinkState {
+    /// Segments to write, in order; the first may be partly written.
+    queue: VecDeque<Bytes>,
+    /// Bytes in `queue`.
+    queued: usize,
+    /// The socket refused bytes: the flusher waits for it to drain.
+    stalled: bool,
+    /// A frame sent with `send_lazy` is still queued.
+    lazy: bool,
+    closed: bool,
+}
+
+impl FrameSink {
+    /// A sink on `w`; spawn `flusher()` on the runtime that owns `w`.
+    pub fn new(w: OwnedWriteHalf) -> std::sync::Arc<FrameSink> {
+        std::sync::Arc::new(FrameSink {
+            w,
+            state: Mutex::new(SinkState::default()),
+            wake: Notify::new(),
+            drained: Notify::new(),
+            lazy_wake: Notify::new(),
+        })
+    }
+
+    /// Sends one frame: `meta` is the encoded header message.
+    pub fn send(
+        &self,
+        kind: FrameKind,
+        xid: u64,
+        meta: &[u8],
+        data: Bytes,
+    ) -> Result<(), SinkClosed> {
+        self.push(kind, xid, meta, data, false)
+    }
+
+    /// Queues one frame without writing it: it leaves with the next frame
+    /// sent, or after the lazy flusher's delay (`FrameSink::lazy_flusher`).
+    /// For messages nobody waits on, so a burst of them costs the peer one
+    /// wake-up.
+    pub fn send_lazy(
+        &self,
+        kind: FrameKind,
+        xid: u64,
+        meta: &[u8],
+        data: Bytes,
+    ) -> Result<(), SinkClosed> {
+        self.push(kind, xid, meta, data, true)
+    }
+
+    fn push(
+        &self,
+        kind: FrameKind,
+        xid: u64,
+        meta: &[u8],
+        data: Bytes,
+        lazy: bool,
+    ) -> Result<(), SinkClosed> {
+        let len = FIXED + meta.len() + data.len();
+        if len > MAX_FRAME {
+            tracing::error!(xid, len, "frame exceeds the limit; dropped");
+            return Ok(());
+        }
+        let inline = data.len() < SINK_INLINE;
+        let mut head =
+            BytesMut::with_capacity(4 + FIXED + meta.len() + if inline { data.len() } else { 0 });
+        head.put_u32(len as u32);
+        head.put_u8(match kind {
+            FrameKind::Request => 0,
+            FrameKind::Reply => 1,
+        });
+        head.put_u64(xid);
+        head.put_u32(meta.len() as u32);
+        head.extend_from_slice(meta);
+        if inline {
+            head.extend_from_slice(&data);
+        }
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(SinkClosed);
+        }
+        st.queued += head.len();
+        st.queue.push_back(head.freeze());
+        if !inline {
+            st.queued += data.len();
+            st.queue.push_back(data);
+        }
+        if st.stalled {
+            return Ok(());
+        }
+        if lazy {
+            if !st.lazy {
+                st.lazy = true;
+                drop(st);
+                self.lazy_wake.notify_one();
+            }
+            return Ok(());
+        }
+        match self.write_queue(&mut st) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                st.stalled = true;
+                drop(st);
+                self.wake.notify_one();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!("frame write failed: {e}");
+                self.close_locked(&mut st);
+                Err(SinkClosed)
+            }
+        }
+    }
+
+    /// Bytes queued and not yet taken by the socket.
+    pub fn queued(&self) -> usize {
+        self.state.lock().queued
+    }
+
+    /// Waits until at most `limit` bytes are queued (or the sink closed).
+    pub async fn wait_room(&self, limit: usize) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            {
+                let st = self.state.lock();
+                if st.closed || st.queued <= limit {
+                    return;
+                }
+            }
+            drained.await;
+        }
+    }
+
+    /// True once a write failed or `close` was called.
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
+    /// Stops sending: queued frames are dropped, later sends fail.
+    pub fn close(&self) {
+        let mut st = self.state.lock();
+        self.close_locked(&mut st);
+    }
+
+    fn close_locked(&self, st: &mut SinkState) {
+        if !st.closed {
+            // Both directions: the peer sees the end at once, and so does
+            // this side's reader.
+            use std::os::fd::AsRawFd;
+            let fd = AsRef::<tokio::net::TcpStream>::as_ref(&self.w).as_raw_fd();
+            // SAFETY: `fd` is the socket `self.w` owns, open while `self`
+            // lives; shutdown(2) does not close it.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+        st.closed = true;
+        st.queue.clear();
+        st.queued = 0;
+        self.wake.notify_one();
+        self.drained.notify_waiters();
+    }
+
+    /// Writes queued segments until the queue is empty (true) or the socket
+    /// is full (false). Called with the state locked, so writers never
+    /// interleave.
+    fn write_queue(&self, st: &mut SinkState) -> std::io::Result<bool> {
+        while !st.queue.is_empty() {
+            let n = {
+                let iov: Vec<IoSlice<'_>> = st
+                    .queue
+                    .iter()
+                    .take(SINK_IOV)
+                    .map(|b| IoSlice::new(b))
+                    .collect();
+                match self.w.try_write_vectored(&iov) {
+                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            st.queued -= n;
+            let mut left = n;
+            while left > 0 {
+                let Some(front) = st.queue.front_mut() else {
+                    break;
+                };
+                if front.len() <= left {
+                    left -= front.len();
+                    st.queue.pop_front();
+                } else {
+                    front.advance(left);
+                    left = 0;
+                }
+            }
+        }
+        st.lazy = false;
+        Ok(true)
+    }
+
+    /// Writes lazy frames that waited `delay` without another frame taking
+    /// them along. Run it as a task beside `flusher`.
+    pub async fn lazy_flusher(self: std::sync::Arc<Self>, delay: std::time::Duration) {
+        loop {
+            self.lazy_wake.notified().await;
+            tokio::time::sleep(delay).await;
+            let mut st = self.state.lock();
+            if st.closed {
+                return;
+            }
+            if !st.lazy || st.stalled {
+                continue;
+            }
+            match self.write_queue(&mut st) {
+                Ok(true) => {}
+                Ok(false) => {
+                    st.stalled = true;
+                    drop(st);
+                    self.wake.notify_one();
+                }
+                Err(e) => {
+                    tracing::debug!("frame write failed: {e}");
+                    self.close_locked(&mut st);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes out what senders left behind when the socket was full; ends
+    /// when the sink closes or a write fails. Run it as a task.
+    pub async fn flusher(self: std::sync::Arc<Self>) {
+        loop {
+            self.wake.notified().await;
+            loop {
+                {
+                    let mut st = self.state.lock();
+                    if st.closed {
+                        return;
+                    }
+                    match self.write_queue(&mut st) {
+                        Ok(true) => {
+                            st.stalled = false;
+                            drop(st);
+                            self.drained.notify_waiters();
+                            break;
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::debug!("frame write failed: {e}");
+                            self.close_locked(&mut st);
+                            return;
+                        }
+                    }
+                }
+                self.drained.notify_waiters();
+                if self.w.writable().await.is_err() {
+                    self.close();
+                    return;
+                }
+            }
+        }
     }
 }
 

@@ -49,6 +49,7 @@ mod fusermount;
 mod handles;
 mod inode;
 mod session;
+mod spawn;
 mod write_behind;
 
 use std::path::{Path, PathBuf};

@@ -1,20 +1,28 @@
-//! One live TCP connection to a brick: a writer task draining queued frames,
-//! a reader task matching replies to waiting calls by xid, and a pinger that
+//! One live TCP connection to a brick: requests written by their callers
+//! (a flusher task finishes what a full socket did not take), a reader task matching replies to waiting calls by xid, and a pinger that
 //! declares the brick dead after `network.ping-timeout` of silence.
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio::sync::oneshot;
+use tokio_util::codec::FramedRead;
 
 use crate::error::{FsError, FsResult};
-use crate::proto::{Frame, FrameCodec, FrameKind, Reply, Request};
+use crate::proto::frame::{encode_meta, FrameSink};
+use crate::proto::{FrameCodec, FrameKind, Reply, Request};
+
+/// How long a request sent with `send_only` may wait for another request
+/// to take it along.
+const LAZY_DELAY: Duration = Duration::from_millis(5);
+/// Bytes of requests a connection queues before callers wait for the
+/// socket to drain.
+const SEND_QUEUE_MAX: usize = 32 << 20;
 
 type Pending = HashMap<u64, oneshot::Sender<FsResult<(Reply, Bytes)>>>;
 
@@ -23,7 +31,8 @@ pub(crate) struct Connection {
     label: String,
     next_xid: AtomicU64,
     pending: Mutex<Pending>,
-    tx: mpsc::Sender<Frame>,
+    /// Requests are written from the calling task (see `FrameSink`).
+    sink: Arc<FrameSink>,
     dead: AtomicBool,
     last_rx: Mutex<Instant>,
     /// Fires when the connection dies.
@@ -35,40 +44,25 @@ impl Connection {
     pub(crate) fn start(label: String, stream: TcpStream, ping_timeout: Duration) -> Arc<Connection> {
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<Frame>(1024);
+        let sink = FrameSink::new(wr);
         let conn = Arc::new(Connection {
             label,
             next_xid: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
-            tx,
+            sink: sink.clone(),
             dead: AtomicBool::new(false),
             last_rx: Mutex::new(Instant::now()),
             closed: tokio::sync::Notify::new(),
         });
 
-        // Writer: batch whatever is queued, flush once.
+        // Flushers: write what callers could not write without blocking,
+        // and lazy frames nothing else took along.
         let c = conn.clone();
         tokio::spawn(async move {
-            let mut sink = FramedWrite::new(wr, FrameCodec);
-            loop {
-                let first = tokio::select! {
-                    f = rx.recv() => f,
-                    _ = c.wait_closed() => None,
-                };
-                let Some(first) = first else { break };
-                if sink.feed(first).await.is_err() {
-                    break;
-                }
-                let mut ok = true;
-                while let Ok(more) = rx.try_recv() {
-                    if sink.feed(more).await.is_err() {
-                        ok = false;
-                        break;
-                    }
-                }
-                if !ok || sink.flush().await.is_err() {
-                    break;
-                }
+            tokio::select! {
+                _ = sink.clone().flusher() => {}
+                _ = sink.lazy_flusher(LAZY_DELAY) => {}
+                _ = c.wait_closed() => {}
             }
             c.kill("write failed");
         });
@@ -161,11 +155,29 @@ impl Connection {
             return;
         }
         tracing::warn!(brick = %self.label, "disconnected: {why}");
+        self.sink.close();
         let waiters: Vec<_> = self.pending.lock().drain().collect();
         for (_, w) in waiters {
             let _ = w.send(Err(FsError::NotConnected(self.label.clone())));
         }
         self.closed.notify_waiters();
+    }
+
+    /// Sends a request nobody waits on (its reply is ignored): it leaves
+    /// with the next request, or within `LAZY_DELAY`. Requests on one
+    /// connection keep their order, so a later request still sees its
+    /// effect.
+    pub(crate) fn send_only(&self, req: Request) -> FsResult<()> {
+        if self.is_dead() {
+            return Err(FsError::NotConnected(self.label.clone()));
+        }
+        let xid = self.next_xid.fetch_add(1, Ordering::Relaxed);
+        let meta = encode_meta(&req)?;
+        if self.sink.send_lazy(FrameKind::Request, xid, &meta, Bytes::new()).is_err() {
+            self.kill("write failed");
+            return Err(FsError::NotConnected(self.label.clone()));
+        }
+        Ok(())
     }
 
     /// Sends one request and waits for its reply.
@@ -174,12 +186,15 @@ impl Connection {
             return Err(FsError::NotConnected(self.label.clone()));
         }
         let xid = self.next_xid.fetch_add(1, Ordering::Relaxed);
-        let frame = Frame::request(xid, &req, data)?;
+        let meta = encode_meta(&req)?;
+        if self.sink.queued() > SEND_QUEUE_MAX {
+            self.sink.wait_room(SEND_QUEUE_MAX).await;
+        }
         let (wtx, wrx) = oneshot::channel();
         self.pending.lock().insert(xid, wtx);
-        if self.tx.send(frame).await.is_err() {
+        if self.sink.send(FrameKind::Request, xid, &meta, data).is_err() {
             self.pending.lock().remove(&xid);
-            self.kill("writer gone");
+            self.kill("write failed");
             return Err(FsError::NotConnected(self.label.clone()));
         }
         // The reader or `kill` always completes the waiter.

@@ -209,8 +209,10 @@ impl Xlator for ProtocolClient {
         if g != gen {
             return Ok(()); // that connection's fds died with it
         }
-        match conn.call(Request::Release { fd: n }, Bytes::new()).await {
-            Ok(_) | Err(FsError::NotConnected(_)) => Ok(()),
+        // Nothing waits on a release: it goes out with the next request
+        // (the brick serves a connection's requests in order).
+        match conn.send_only(Request::Release { fd: n }) {
+            Ok(()) | Err(FsError::NotConnected(_)) => Ok(()),
             Err(e) => Err(e),
         }
     }

@@ -85,7 +85,8 @@ impl Inner {
             }
         };
         let me = self.clone();
-        tokio::spawn(async move {
+        // Polled here first: the write leaves without waking a worker.
+        crate::spawn::start(&self.rt, async move {
             let r = match me.vol.write(&fd, offset, data).await {
                 Ok((n, iatt)) => {
                     me.inodes.merge_write(&iatt);

@@ -12,7 +12,6 @@ use std::ffi::OsStr;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::task::{Context, Waker};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -84,6 +83,8 @@ pub(crate) struct Inner {
     /// Bytes of background writes in flight for the whole mount, in 4 KiB
     /// units.
     pub(crate) wb_budget: Arc<tokio::sync::Semaphore>,
+    /// The runtime request tasks run on.
+    pub(crate) rt: tokio::runtime::Handle,
 }
 
 /// Background writes the whole mount may have in flight, in 4 KiB units
@@ -124,6 +125,7 @@ impl KilnFs {
                 killpriv: std::sync::atomic::AtomicBool::new(false),
                 wb: WriteBehind::new(cfg_window),
                 wb_budget: Arc::new(tokio::sync::Semaphore::new(WRITE_BEHIND_UNITS)),
+                rt: rt.clone(),
             }),
             rt,
         }
@@ -151,19 +153,12 @@ impl KilnFs {
         });
     }
 
-    /// Starts a request task: polls it once right here, on the fuser thread,
-    /// so its first message to a brick leaves without waiting for a runtime
-    /// worker to wake up (and a request that completes at once is answered
-    /// at once); hands it to the runtime if it has to wait.
+    /// Starts a request task (`crate::spawn::start`): polled once right
+    /// here, on the fuser thread, so its first message to a brick leaves
+    /// at once (and a request that completes at once is answered at once);
+    /// handed to the runtime only when it is woken.
     fn start(&self, task: impl Future<Output = ()> + Send + 'static) {
-        let mut task = Box::pin(task);
-        let _ctx = self.rt.enter();
-        let mut cx = Context::from_waker(Waker::noop());
-        if task.as_mut().poll(&mut cx).is_pending() {
-            // The runtime polls a new task at once, registering its own
-            // waker, so nothing signalled meanwhile is lost.
-            self.rt.spawn(task);
-        }
+        crate::spawn::start(&self.rt, task);
     }
 }
 
