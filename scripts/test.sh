@@ -33,12 +33,20 @@ have ping        || need+=(iputils-ping)
 have getfattr    || need+=(attr)
 have getent      || need+=(libc-bin)
 have cc          || need+=(gcc)
+have nfs-cat     || need+=(libnfs-utils)   # NFS gateway tests: nfs-cp/nfs-cat/nfs-ls
+have rpcinfo     || need+=(rpcbind)        # rpcinfo; rpcbind adoption test
+have showmount   || need+=(nfs-common)     # showmount -e/-a
 dpkg -s libacl1-dev >/dev/null 2>&1 || need+=(libacl1-dev)   # pjdfstest links libacl
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # Install without starting services (rpcbind, statd): tests start their own.
+  policy=/usr/sbin/policy-rc.d
+  made_policy=0
+  if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; made_policy=1; fi
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  [ "$made_policy" = 1 ] && rm -f "$policy"
 fi
 
 # FUSE device (present on normal hosts; containers may lack it).
