@@ -61,7 +61,9 @@ pub struct VolumeConfig {
     pub name: String,
     /// Volume id (UUID).
     pub id: String,
-    /// Type.
+    /// Type; a replicated volume's replica count is part of it
+    /// (`VolumeKind::Replicate { replica }`), so configs written before
+    /// replication existed read unchanged.
     pub kind: VolumeKind,
     /// Transport (`tcp`).
     pub transport: String,
@@ -76,6 +78,14 @@ pub struct VolumeConfig {
 }
 
 impl VolumeConfig {
+    /// Bricks per replica set (1: not replicated).
+    pub fn replica_count(&self) -> usize {
+        match self.kind {
+            VolumeKind::Distribute => 1,
+            VolumeKind::Replicate { replica } => replica.max(1),
+        }
+    }
+
     /// The spec clients build their graph from.
     pub fn spec(&self) -> VolumeSpec {
         VolumeSpec {

@@ -1,6 +1,9 @@
 //! The volume spec ("volfile"): what the management daemon hands a client so
 //! it can build its translator graph, and `build`, which turns a spec into the
-//! stack of translators (DHT over one protocol client per brick).
+//! stack of translators: DHT over one protocol client per brick, or, for
+//! replicated volumes, DHT over replica sets (`<vol>-replicate-<k>`, each
+//! over `replica` consecutive bricks). DHT sits on top even with a single
+//! subvolume, so a volume's layout xattrs are the same whatever its size.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -9,6 +12,7 @@ use std::time::Duration;
 
 use crate::client::distribute::Distribute;
 use crate::client::protocol::{ProtocolClient, ProtocolOptions};
+use crate::client::replicate::{Quorum, Replicate};
 use crate::client::Xlator;
 
 /// How a volume combines its bricks.
@@ -16,6 +20,13 @@ use crate::client::Xlator;
 pub enum VolumeKind {
     /// Files spread over bricks by name hash (DHT).
     Distribute,
+    /// Consecutive groups of `replica` bricks hold the same files (replica
+    /// sets); files spread over the sets by name hash. One set is
+    /// "Replicate", several "Distributed-Replicate".
+    Replicate {
+        /// Bricks per replica set (2 or more).
+        replica: usize,
+    },
 }
 
 /// One brick as clients see it.
@@ -61,6 +72,14 @@ impl VolumeSpec {
         self.options.get(key).map(String::as_str).unwrap_or(default)
     }
 
+    /// Bricks per replica set (1 for an unreplicated volume).
+    pub fn replica_count(&self) -> usize {
+        match self.kind {
+            VolumeKind::Distribute => 1,
+            VolumeKind::Replicate { replica } => replica.max(1),
+        }
+    }
+
     /// `network.ping-timeout` (default 42 s).
     pub fn ping_timeout(&self) -> Duration {
         Duration::from_secs(
@@ -78,12 +97,33 @@ pub fn build(spec: &VolumeSpec, client_id: &str) -> Arc<dyn Xlator> {
         ping_timeout: spec.ping_timeout(),
         client_id: client_id.to_string(),
     };
-    let children: Vec<Arc<dyn Xlator>> = spec
+    let clients: Vec<Arc<dyn Xlator>> = spec
         .bricks
         .iter()
         .map(|b| {
             Arc::new(ProtocolClient::new(&spec.name, b.clone(), opts.clone())) as Arc<dyn Xlator>
         })
         .collect();
+    let replica = spec.replica_count();
+    let children = if replica <= 1 {
+        clients
+    } else {
+        if clients.len().checked_rem(replica) != Some(0) {
+            tracing::warn!(volume = %spec.name, bricks = clients.len(), replica, "brick count is not a multiple of the replica count; the last set is short");
+        }
+        clients
+            .chunks(replica)
+            .enumerate()
+            .map(|(k, set)| {
+                let quorum = Quorum::from_options(
+                    spec.options.get("cluster.quorum-type").map(String::as_str),
+                    spec.options.get("cluster.quorum-count").map(String::as_str),
+                    set.len(),
+                );
+                let name = format!("{}-replicate-{k}", spec.name);
+                Arc::new(Replicate::new(name, set.to_vec(), quorum)) as Arc<dyn Xlator>
+            })
+            .collect()
+    };
     Arc::new(Distribute::new(format!("{}-dht", spec.name), children))
 }

@@ -189,7 +189,7 @@ async fn entry_locks_names_and_directory() {
 async fn xattrop_counts_and_index() {
     let b = TestBrick::start().await;
     let mut a = b.client("client-a").await;
-    let (f, _) = a.create(Gfid::ROOT, "f").await;
+    let (f, fd) = a.create(Gfid::ROOT, "f").await;
     let g = f.gfid;
     assert!(index_entries(&b).is_empty());
 
@@ -269,4 +269,34 @@ async fn xattrop_counts_and_index() {
     );
     let overflow = xop(g, &[(KEY0, [0, i64::MAX, 0])]);
     assert_eq!(a.err(overflow).await, FsError::Range);
+
+    // An indexed inode that goes away is dropped by the next listing (not
+    // while it is open: it still exists then).
+    a.ok(Request::Unlink {
+        loc: loc(Gfid::ROOT, "f"),
+    })
+    .await;
+    match a
+        .ok(Request::IndexList {
+            after: None,
+            max: 10,
+        })
+        .await
+    {
+        Reply::Gfids { gfids } => assert_eq!(gfids, vec![g]),
+        r => panic!("{r:?}"),
+    }
+    a.ok(Request::Release { fd }).await;
+    assert_eq!(index_entries(&b), vec![g.to_string()]);
+    match a
+        .ok(Request::IndexList {
+            after: None,
+            max: 10,
+        })
+        .await
+    {
+        Reply::Gfids { gfids } => assert!(gfids.is_empty(), "{gfids:?}"),
+        r => panic!("{r:?}"),
+    }
+    assert!(index_entries(&b).is_empty());
 }

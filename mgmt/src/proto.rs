@@ -282,6 +282,13 @@ pub struct VolumeView {
     pub bricks: Vec<String>,
     /// Options set with `volume set`.
     pub options: BTreeMap<String, String>,
+    /// Bricks per replica set (1: not replicated).
+    #[serde(default = "one")]
+    pub replica_count: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// A volume as `volume status` shows it.

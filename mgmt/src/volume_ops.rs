@@ -81,11 +81,11 @@ pub(crate) async fn create(d: &Arc<Daemon>, a: CreateArgs) -> CliReply {
     if let Err(e) = validate_volume_name(&name) {
         return fail(e);
     }
-    if a.replica.is_some() {
-        return fail(
-            "replicated volumes are not supported yet (issue 5, \"Replicated volumes\")".into(),
-        );
-    }
+    let replica = match a.replica {
+        None => 1,
+        Some(r) if r < 2 => return fail("replica count should be greater than 1".into()),
+        Some(r) => r as usize,
+    };
     if a.stripe.is_some() {
         return fail("striped volumes are not supported yet".into());
     }
@@ -102,6 +102,9 @@ pub(crate) async fn create(d: &Arc<Daemon>, a: CreateArgs) -> CliReply {
     }
     if a.bricks.is_empty() {
         return fail("no bricks given".into());
+    }
+    if a.bricks.len() % replica != 0 {
+        return fail("number of bricks is not a multiple of replica count".into());
     }
     let mut parsed = Vec::new();
     for b in &a.bricks {
@@ -149,6 +152,9 @@ pub(crate) async fn create(d: &Arc<Daemon>, a: CreateArgs) -> CliReply {
             port: 0,
         });
     }
+    if replica > 1 && !a.force && shares_a_server(&bricks, replica) {
+        return fail("Multiple bricks of a replicate volume are present on the same server. This setup is not optimal. Bricks should be on different nodes to have best fault tolerant configuration. Use 'force' at the end of the command if you want to override this behavior. ".into());
+    }
     let id = uuid::Uuid::new_v4().to_string();
     let mut staged: Vec<&BrickEntry> = Vec::new();
     for b in &bricks {
@@ -171,7 +177,11 @@ pub(crate) async fn create(d: &Arc<Daemon>, a: CreateArgs) -> CliReply {
     let vol = VolumeConfig {
         name: name.clone(),
         id: id.clone(),
-        kind: VolumeKind::Distribute,
+        kind: if replica > 1 {
+            VolumeKind::Replicate { replica }
+        } else {
+            VolumeKind::Distribute
+        },
         transport: "tcp".into(),
         status: VolumeStatus::Created,
         bricks: bricks.clone(),
@@ -185,6 +195,16 @@ pub(crate) async fn create(d: &Arc<Daemon>, a: CreateArgs) -> CliReply {
     CliReply::Done(format!(
         "Creation of volume {name} has been successful. Please start the volume to access data."
     ))
+}
+
+/// True if two bricks of one replica set (`replica` consecutive bricks)
+/// belong to the same server.
+fn shares_a_server(bricks: &[BrickEntry], replica: usize) -> bool {
+    bricks.chunks(replica).any(|set| {
+        set.iter()
+            .enumerate()
+            .any(|(i, b)| set[..i].iter().any(|p| p.peer_uuid == b.peer_uuid))
+    })
 }
 
 async fn unstage(d: &Arc<Daemon>, staged: &[&BrickEntry], id: &str) {
@@ -404,6 +424,10 @@ pub(crate) fn view(v: &VolumeConfig) -> VolumeView {
         name: v.name.clone(),
         kind: match v.kind {
             VolumeKind::Distribute => "Distribute".into(),
+            VolumeKind::Replicate { replica } if v.bricks.len() > replica => {
+                "Distributed-Replicate".into()
+            }
+            VolumeKind::Replicate { .. } => "Replicate".into(),
         },
         id: v.id.clone(),
         status: v.status.as_str().into(),
@@ -414,6 +438,7 @@ pub(crate) fn view(v: &VolumeConfig) -> VolumeView {
             .map(|b| format!("{}:{}", b.host, b.path))
             .collect(),
         options: v.options.clone(),
+        replica_count: v.replica_count(),
     }
 }
 

@@ -54,7 +54,8 @@ pub(crate) fn unmark(store: &Store, gfid: Gfid) -> Result<(), Errno> {
 }
 
 /// The indexed gfids greater than `after`, in order, at most `max` (capped
-/// at `LIST_MAX`). Names that are not gfids are skipped.
+/// at `LIST_MAX`). Names that are not gfids are skipped; entries of inodes
+/// that no longer exist on this brick are removed on the way.
 pub(crate) fn list(store: &Store, after: Option<Gfid>, max: u32) -> FsResult<Vec<Gfid>> {
     let dir = match rustix::fs::openat(
         &store.kiln,
@@ -80,6 +81,20 @@ pub(crate) fn list(store: &Store, after: Option<Gfid>, max: u32) -> FsResult<Vec
         }
     }
     found.sort_unstable();
-    found.truncate(max.min(LIST_MAX) as usize);
-    Ok(found)
+    let want = max.min(LIST_MAX) as usize;
+    let mut out = Vec::with_capacity(want.min(found.len()));
+    for g in found {
+        if out.len() >= want {
+            break;
+        }
+        match store.resolve(g) {
+            Err(crate::error::FsError::Stale) => {
+                if let Err(e) = unmark(store, g) {
+                    tracing::warn!(gfid = %g, "cannot drop a stale heal-index entry: {e}");
+                }
+            }
+            _ => out.push(g),
+        }
+    }
+    Ok(out)
 }

@@ -37,6 +37,7 @@ impl Default for Xattrop {
 }
 
 /// Decodes a big-endian i64 array (length a multiple of 8).
+#[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87
 fn decode(v: &[u8]) -> FsResult<Vec<i64>> {
     if v.len() % 8 != 0 {
         return Err(FsError::InvalidArgument);

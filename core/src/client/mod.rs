@@ -1,11 +1,13 @@
 //! The one client library: a translator stack (`Xlator`) built from a volume
 //! spec, and `Volume`, the handle every gateway (FUSE, NFS, Swift, HDFS) uses.
 //!
-//! Stack today: `distribute` (DHT) over one `protocol` client per brick.
+//! Stack today: `distribute` (DHT) over `replicate` sets (replicated
+//! volumes) or directly over one `protocol` client per brick.
 
 pub mod distribute;
 pub mod fd;
 pub mod protocol;
+pub mod replicate;
 pub mod volume;
 pub mod xlator;
 

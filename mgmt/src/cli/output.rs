@@ -82,6 +82,17 @@ fn pool_list(rows: &[PeerRow]) -> String {
     s
 }
 
+/// `Number of Bricks:` as GlusterFS prints it: `4`, or `2 x 2 = 4` for
+/// replicated volumes.
+fn brick_count(v: &VolumeView) -> String {
+    let n = v.bricks.len();
+    if v.replica_count > 1 {
+        format!("{} x {} = {n}", n / v.replica_count, v.replica_count)
+    } else {
+        n.to_string()
+    }
+}
+
 fn volume_info(v: &VolumeView) -> String {
     let mut s = String::new();
     let _ = write!(
@@ -91,7 +102,7 @@ fn volume_info(v: &VolumeView) -> String {
         v.kind,
         v.id,
         v.status,
-        v.bricks.len(),
+        brick_count(v),
         v.transport
     );
     for (i, b) in v.bricks.iter().enumerate() {
@@ -224,7 +235,8 @@ pub(crate) fn json(reply: &CliReply) -> Rendered {
         CliReply::Volumes(vols) => (
             json!({ "volumes": vols.iter().map(|v| json!({
                 "name": v.name, "type": v.kind, "id": v.id, "status": v.status, "transport": v.transport,
-                "brick_count": v.bricks.len(), "bricks": v.bricks, "options": v.options,
+                "brick_count": v.bricks.len(), "replica_count": v.replica_count,
+                "bricks": v.bricks, "options": v.options,
             })).collect::<Vec<_>>() }),
             0,
         ),
@@ -322,7 +334,20 @@ mod tests {
                 "node02:/export/brick1".into(),
             ],
             options: BTreeMap::from([("network.ping-timeout".to_string(), "22".to_string())]),
+            replica_count: 1,
         };
+        let mut r = v.clone();
+        r.kind = "Distributed-Replicate".into();
+        r.replica_count = 2;
+        r.bricks.extend([
+            "node03:/export/brick1".into(),
+            "node04:/export/brick1".into(),
+        ]);
+        let out = text(&CliReply::Volumes(vec![r.clone()])).stdout;
+        assert!(out.contains("\nType: Distributed-Replicate\n"), "{out}");
+        assert!(out.contains("\nNumber of Bricks: 2 x 2 = 4\n"), "{out}");
+        let j: Value = serde_json::from_str(&json(&CliReply::Volumes(vec![r])).stdout).unwrap();
+        assert_eq!(j["volumes"][0]["replica_count"], 2);
         assert_eq!(
             text(&CliReply::Volumes(vec![v.clone()])).stdout,
             "\nVolume Name: vol1\nType: Distribute\nVolume ID: 7a6d\nStatus: Started\nNumber of Bricks: 2\nTransport-type: tcp\nBricks:\nBrick1: node01:/export/brick1\nBrick2: node02:/export/brick1\nOptions Reconfigured:\nnetwork.ping-timeout: 22\n"

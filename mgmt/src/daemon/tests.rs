@@ -224,8 +224,16 @@ async fn create_refusals() {
     let p = tmp.path().display().to_string();
     let cases = [
         (
-            format!("volume create v replica 2 {ip}:{p}/a {ip}:{p}/b force"),
-            "not supported yet (issue 5",
+            format!("volume create v replica 2 {ip}:{p}/a {ip}:{p}/b {ip}:{p}/c force"),
+            "number of bricks is not a multiple of replica count",
+        ),
+        (
+            format!("volume create v replica 1 {ip}:{p}/a force"),
+            "replica count should be greater than 1",
+        ),
+        (
+            format!("volume create v replica 2 {ip}:{p}/a {ip}:{p}/b"),
+            "Multiple bricks of a replicate volume are present on the same server",
         ),
         (
             format!("volume create v stripe 2 {ip}:{p}/a {ip}:{p}/b"),
@@ -277,6 +285,21 @@ async fn create_refusals() {
     );
     let (code, out) = cli(&d, "volume info nosuch").await;
     assert_eq!((code, out.as_str()), (1, "Volume nosuch does not exist\n"));
+
+    // Replicated volumes: with force, two bricks of a set on one server.
+    let bricks: Vec<String> = (0..6).map(|i| format!("{ip}:{p}/r{i}")).collect();
+    let (code, out) = cli(&d, &format!("volume create rep replica 2 {} {} force", bricks[0], bricks[1])).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = cli(&d, "volume info rep").await;
+    assert_eq!(code, 0);
+    assert!(out.contains("\nType: Replicate\n") && out.contains("\nNumber of Bricks: 1 x 2 = 2\n"), "{out}");
+    let (code, out) = cli(&d, &format!("volume create drep replica 2 {} force", bricks[2..].join(" "))).await;
+    assert_eq!(code, 0, "{out}");
+    let (_, out) = cli(&d, "volume info drep").await;
+    assert!(out.contains("\nType: Distributed-Replicate\n") && out.contains("\nNumber of Bricks: 2 x 2 = 4\n"), "{out}");
+    let cfg = d.store.current();
+    assert_eq!(cfg.volumes["rep"].replica_count(), 2);
+    assert_eq!(cfg.volumes["rep"].spec().kind, kiln_core::graph::VolumeKind::Replicate { replica: 2 });
     d.shutdown().await;
 }
 

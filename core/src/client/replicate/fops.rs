@@ -1,0 +1,476 @@
+//! Replicate's file operations: modifications as transactions on every
+//! reachable child (`transaction`), reads from one good child with
+//! fallback, and the per-child fds behind an open file or directory.
+
+use bytes::Bytes;
+use futures::future::join_all;
+use std::future::Future;
+use std::sync::Arc;
+
+use super::changelog::Slot;
+use super::inspect::best_error;
+use super::transaction::LockItem;
+use super::{DirFd, FileFd, Replicate};
+use crate::client::fd::Fd;
+use crate::client::xlator::Xlator;
+use crate::error::{FsError, FsResult};
+use crate::gfid::Gfid;
+use crate::iatt::{Iatt, SetAttr, Statvfs};
+use crate::proto::{DirEntry, FileLock, Loc, LockCmd, LockType, NewInode};
+
+/// Flags that only make sense for the first open of a file.
+const CREATE_ONLY: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC;
+
+impl Replicate {
+    fn file_fd<'a>(&self, fd: &'a Fd) -> FsResult<&'a FileFd> {
+        fd.state::<FileFd>().ok_or(FsError::BadFd)
+    }
+
+    /// The child fds of an open file on reachable children; the file is
+    /// opened on children that came back since (or could not open it).
+    async fn fd_children(&self, fd: &Fd) -> FsResult<Vec<(usize, Fd)>> {
+        let st = self.file_fd(fd)?;
+        let cur: Vec<Option<Fd>> = st.children.lock().clone();
+        let missing: Vec<usize> = (0..self.n())
+            .filter(|i| cur[*i].is_none() && self.children[*i].is_up())
+            .collect();
+        if !missing.is_empty() {
+            let flags = fd.flags & !CREATE_ONLY;
+            let opened = join_all(
+                missing
+                    .iter()
+                    .map(|i| self.children[*i].open(fd.gfid, flags)),
+            )
+            .await;
+            let mut slots = st.children.lock();
+            for (i, r) in missing.iter().zip(opened) {
+                if let Ok(f) = r {
+                    if slots[*i].is_none() {
+                        slots[*i] = Some(f);
+                    }
+                }
+            }
+        }
+        let slots = st.children.lock();
+        Ok(slots
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.children[*i].is_up())
+            .filter_map(|(i, f)| f.clone().map(|f| (i, f)))
+            .collect())
+    }
+
+    /// A data transaction through an open file: `op` on each child fd.
+    async fn fd_txn<T, F, Fut>(&self, fd: &Fd, start: u64, len: u64, op: F) -> FsResult<T>
+    where
+        F: Fn(Arc<dyn Xlator>, Fd) -> Fut,
+        Fut: Future<Output = FsResult<T>>,
+    {
+        let kids = self.fd_children(fd).await?;
+        // Appends land at each copy's end of file: lock all of it.
+        let (start, len) = if fd.flags & libc::O_APPEND != 0 {
+            (0, 0)
+        } else {
+            (start, len)
+        };
+        let spec = self.data_txn(fd.gfid, start, len);
+        let cands: Vec<usize> = kids.iter().map(|(i, _)| *i).collect();
+        let done = self
+            .transact(&spec, cands, |c| {
+                let f = kids.iter().find(|(i, _)| *i == c).map(|(_, f)| f.clone());
+                let child = self.children[c].clone();
+                let op = &op;
+                async move {
+                    match f {
+                        Some(f) => op(child, f).await,
+                        None => Err(FsError::BadFd),
+                    }
+                }
+            })
+            .await?;
+        first(done)
+    }
+
+    pub(super) async fn set_attr(&self, gfid: Gfid, attr: &SetAttr) -> FsResult<Iatt> {
+        let meta = attr.mode.is_some()
+            || attr.uid.is_some()
+            || attr.gid.is_some()
+            || attr.atime.is_some()
+            || attr.mtime.is_some();
+        let spec = if attr.size.is_some() {
+            let mut s = self.data_txn(gfid, 0, 0);
+            if meta {
+                s.locks.push(LockItem::Inode {
+                    gfid,
+                    domain: self.meta_domain(),
+                    start: 0,
+                    len: 0,
+                });
+                s.locks.sort();
+                s.changelog[0].1.push(Slot::Metadata);
+            }
+            s
+        } else {
+            self.meta_txn(gfid)
+        };
+        let done = self
+            .transact(&spec, self.up(), |c| self.children[c].setattr(gfid, attr))
+            .await?;
+        first(done)
+    }
+
+    pub(super) async fn truncate_fd(&self, fd: &Fd, size: u64) -> FsResult<Iatt> {
+        self.fd_txn(fd, 0, 0, |c, f| async move { c.ftruncate(&f, size).await })
+            .await
+    }
+
+    pub(super) async fn allocate(&self, fd: &Fd, mode: i32, offset: u64, len: u64) -> FsResult<()> {
+        self.fd_txn(fd, offset, len.max(1), |c, f| async move {
+            c.fallocate(&f, mode, offset, len).await
+        })
+        .await
+    }
+
+    pub(super) async fn write_fd(
+        &self,
+        fd: &Fd,
+        offset: u64,
+        data: Bytes,
+    ) -> FsResult<(u32, Iatt)> {
+        let len = (data.len() as u64).max(1);
+        self.fd_txn(fd, offset, len, |c, f| {
+            let data = data.clone();
+            async move { c.write(&f, offset, data).await }
+        })
+        .await
+    }
+
+    pub(super) async fn read_fd(&self, fd: &Fd, offset: u64, size: u32) -> FsResult<Bytes> {
+        let st = self.file_fd(fd)?;
+        let mut last = None;
+        for i in self.readable(fd.gfid, &[Slot::Data]).await? {
+            let f = st.children.lock()[i].clone();
+            let Some(f) = f else { continue };
+            match self.children[i].read(&f, offset, size).await {
+                Err(e) if e.is_disconnect() => last = Some(e),
+                r => return r,
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            FsError::NotConnected(format!(
+                "{}: no good copy of {} is open",
+                self.name, fd.gfid
+            ))
+        }))
+    }
+
+    pub(super) async fn create_file(
+        &self,
+        loc: &Loc,
+        inode: &NewInode,
+        flags: i32,
+        exclusive: bool,
+    ) -> FsResult<(Iatt, Fd)> {
+        let spec = self.entry_txn(&[loc]);
+        let done = self
+            .transact(&spec, self.up(), |c| {
+                self.children[c].create(loc, inode, flags, exclusive)
+            })
+            .await?;
+        let iatt = done[0].1 .0.clone();
+        let mut slots = vec![None; self.n()];
+        for (c, (_, f)) in done {
+            slots[c] = Some(f);
+        }
+        self.note_new(
+            inode.gfid,
+            &slots.iter().map(Option::is_some).collect::<Vec<_>>(),
+        );
+        let st = FileFd {
+            children: parking_lot::Mutex::new(slots),
+        };
+        let gfid = iatt.gfid;
+        Ok((iatt, Fd::new(gfid, flags & !CREATE_ONLY, st)))
+    }
+
+    /// A new inode exists only where `made[i]`: the others are stale.
+    fn note_new(&self, gfid: Gfid, made: &[bool]) {
+        let behind: Vec<usize> = (0..self.n()).filter(|i| !made[*i]).collect();
+        self.forget(gfid);
+        self.mark_stale(gfid, &Slot::ALL, &behind);
+    }
+
+    /// mknod, mkdir, symlink: `op` on every child in one entry transaction.
+    pub(super) async fn new_entry<F, Fut>(
+        &self,
+        loc: &Loc,
+        inode: &NewInode,
+        op: F,
+    ) -> FsResult<Iatt>
+    where
+        F: Fn(Arc<dyn Xlator>) -> Fut,
+        Fut: Future<Output = FsResult<Iatt>>,
+    {
+        let spec = self.entry_txn(&[loc]);
+        let done = self
+            .transact(&spec, self.up(), |c| op(self.children[c].clone()))
+            .await?;
+        let made: Vec<bool> = (0..self.n())
+            .map(|i| done.iter().any(|(c, _)| *c == i))
+            .collect();
+        self.note_new(inode.gfid, &made);
+        first(done)
+    }
+
+    pub(super) async fn hard_link(&self, gfid: Gfid, loc: &Loc) -> FsResult<Iatt> {
+        let spec = self.entry_txn(&[loc]);
+        let done = self
+            .transact(&spec, self.up(), |c| self.children[c].link(gfid, loc))
+            .await?;
+        first(done)
+    }
+
+    /// unlink / rmdir. A copy already gone is fine as long as one existed.
+    pub(super) async fn remove(&self, loc: &Loc, dir: bool) -> FsResult<()> {
+        let spec = self.entry_txn(&[loc]);
+        let done = self
+            .transact(&spec, self.up(), |c| async move {
+                let r = if dir {
+                    self.children[c].rmdir(loc).await
+                } else {
+                    self.children[c].unlink(loc).await
+                };
+                match r {
+                    Ok(()) => Ok(true),
+                    Err(FsError::NotFound) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        if done.iter().any(|(_, removed)| *removed) {
+            Ok(())
+        } else {
+            Err(FsError::NotFound)
+        }
+    }
+
+    pub(super) async fn rename_entry(&self, from: &Loc, to: &Loc) -> FsResult<()> {
+        let spec = self.entry_txn(&[from, to]);
+        self.transact(&spec, self.up(), |c| self.children[c].rename(from, to))
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn open_file(&self, gfid: Gfid, flags: i32) -> FsResult<Fd> {
+        let up = self.up();
+        let base = flags & !libc::O_TRUNC;
+        let results = join_all(up.iter().map(|c| self.children[*c].open(gfid, base))).await;
+        let mut slots = vec![None; self.n()];
+        let mut errors = Vec::new();
+        for (c, r) in up.iter().zip(results) {
+            match r {
+                Ok(f) => slots[*c] = Some(f),
+                Err(e) => errors.push(Err::<(), _>(e)),
+            }
+        }
+        if slots.iter().all(Option::is_none) {
+            return Err(if errors.is_empty() {
+                FsError::NotConnected(self.name.clone())
+            } else {
+                best_error(&errors)
+            });
+        }
+        let fd = Fd::new(
+            gfid,
+            base,
+            FileFd {
+                children: parking_lot::Mutex::new(slots),
+            },
+        );
+        if flags & libc::O_TRUNC != 0 {
+            self.truncate_fd(&fd, 0).await?;
+        }
+        Ok(fd)
+    }
+
+    /// Runs `op` on every child fd of an open file (flush, fsync); fine if
+    /// it worked on one.
+    pub(super) async fn on_fds<F, Fut>(&self, fd: &Fd, op: F) -> FsResult<()>
+    where
+        F: Fn(Arc<dyn Xlator>, Fd) -> Fut,
+        Fut: Future<Output = FsResult<()>>,
+    {
+        let Some(st) = fd.state::<FileFd>() else {
+            return Ok(()); // a directory
+        };
+        let kids: Vec<(usize, Fd)> = st
+            .children
+            .lock()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| f.clone().map(|f| (i, f)))
+            .collect();
+        let results = join_all(
+            kids.iter()
+                .map(|(i, f)| op(self.children[*i].clone(), f.clone())),
+        )
+        .await;
+        if results.iter().any(|r| r.is_ok()) || results.is_empty() {
+            return Ok(());
+        }
+        Err(best_error(&results))
+    }
+
+    pub(super) async fn release_fd(&self, fd: &Fd) -> FsResult<()> {
+        let kids: Vec<(usize, Fd)> = if let Some(st) = fd.state::<FileFd>() {
+            st.children
+                .lock()
+                .iter()
+                .enumerate()
+                .filter_map(|(i, f)| f.clone().map(|f| (i, f)))
+                .collect()
+        } else if let Some(d) = fd.state::<DirFd>() {
+            d.children
+                .iter()
+                .enumerate()
+                .filter_map(|(i, f)| f.clone().map(|f| (i, f)))
+                .collect()
+        } else {
+            return Err(FsError::BadFd);
+        };
+        join_all(kids.iter().map(|(i, f)| self.children[*i].release(f))).await;
+        Ok(())
+    }
+
+    pub(super) async fn open_dir(&self, gfid: Gfid) -> FsResult<Fd> {
+        let up = self.up();
+        let results = join_all(up.iter().map(|c| self.children[*c].opendir(gfid))).await;
+        let mut children = vec![None; self.n()];
+        let mut errors = Vec::new();
+        for (c, r) in up.iter().zip(results) {
+            match r {
+                Ok(f) => children[*c] = Some(f),
+                Err(e) => errors.push(Err::<(), _>(e)),
+            }
+        }
+        if children.iter().all(Option::is_none) {
+            return Err(if errors.is_empty() {
+                FsError::NotConnected(self.name.clone())
+            } else {
+                best_error(&errors)
+            });
+        }
+        let st = DirFd {
+            children,
+            reading: parking_lot::Mutex::new(None),
+        };
+        Ok(Fd::new(gfid, libc::O_RDONLY | libc::O_DIRECTORY, st))
+    }
+
+    /// A listing reads from one child (offsets are that child's): chosen
+    /// at offset 0 among the children whose entries nobody accuses.
+    pub(super) async fn read_dir(
+        &self,
+        fd: &Fd,
+        offset: u64,
+        max: u32,
+        plus: bool,
+    ) -> FsResult<Vec<DirEntry>> {
+        let d = fd.state::<DirFd>().ok_or(FsError::BadFd)?;
+        let chosen = *d.reading.lock();
+        if let (Some(i), true) = (chosen, offset != 0) {
+            let f = d.children[i].as_ref().ok_or(FsError::BadFd)?;
+            return self.children[i].readdir(f, offset, max, plus).await;
+        }
+        let mut last = None;
+        for i in self.readable(fd.gfid, &[Slot::Entry]).await? {
+            let Some(f) = &d.children[i] else { continue };
+            match self.children[i].readdir(f, offset, max, plus).await {
+                Err(e) if e.is_disconnect() && offset == 0 => last = Some(e),
+                r => {
+                    *d.reading.lock() = Some(i);
+                    return r;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            FsError::NotConnected(format!(
+                "{}: no good copy of directory {} is open",
+                self.name, fd.gfid
+            ))
+        }))
+    }
+
+    /// Capacity: the child with the least room (a file must fit on all).
+    pub(super) async fn stat_fs(&self) -> FsResult<Statvfs> {
+        let results = join_all(self.children.iter().map(|c| c.statfs())).await;
+        let mut best: Option<Statvfs> = None;
+        for s in results.iter().flatten() {
+            let room = |x: &Statvfs| x.bavail.saturating_mul(x.frsize.max(1));
+            if best.as_ref().is_none_or(|b| room(s) < room(b)) {
+                best = Some(*s);
+            }
+        }
+        best.ok_or_else(|| best_error(&results))
+    }
+
+    /// POSIX locks on every copy, taken one child after the other in child
+    /// order (two clients never hold each other up), so they survive the
+    /// loss of a child.
+    pub(super) async fn posix_lock(
+        &self,
+        fd: &Fd,
+        cmd: LockCmd,
+        lock: FileLock,
+    ) -> FsResult<FileLock> {
+        let kids = self.fd_children(fd).await?;
+        if kids.is_empty() {
+            return Err(FsError::NotConnected(self.name.clone()));
+        }
+        if cmd == LockCmd::Get {
+            let mut last = None;
+            for (i, f) in &kids {
+                match self.children[*i].lk(f, cmd, lock).await {
+                    Err(e) if e.is_disconnect() => last = Some(e),
+                    r => return r,
+                }
+            }
+            return Err(last.unwrap_or_else(|| FsError::NotConnected(self.name.clone())));
+        }
+        if lock.kind == LockType::Unlock {
+            let results =
+                join_all(kids.iter().map(|(i, f)| self.children[*i].lk(f, cmd, lock))).await;
+            return results.into_iter().find(|r| r.is_ok()).unwrap_or(Ok(lock));
+        }
+        let mut taken: Vec<&(usize, Fd)> = Vec::new();
+        let mut granted = None;
+        for k in &kids {
+            match self.children[k.0].lk(&k.1, cmd, lock).await {
+                Ok(l) => {
+                    granted.get_or_insert(l);
+                    taken.push(k);
+                }
+                Err(e) if e.is_disconnect() => {}
+                Err(e) => {
+                    let undo = FileLock {
+                        kind: LockType::Unlock,
+                        ..lock
+                    };
+                    for (i, f) in taken {
+                        let _ = self.children[*i].lk(f, LockCmd::Set, undo).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        granted.ok_or_else(|| FsError::NotConnected(self.name.clone()))
+    }
+}
+
+/// The result of the first child where a transaction succeeded.
+fn first<T>(done: Vec<(usize, T)>) -> FsResult<T> {
+    done.into_iter()
+        .next()
+        .map(|(_, v)| v)
+        .ok_or_else(|| FsError::Io("transaction without result".into()))
+}
