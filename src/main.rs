@@ -1,9 +1,11 @@
 //! `kiln`: one executable for the management daemon (`server`), brick
-//! processes (`brick`), the FUSE client (`mount`, or `mount.kiln` by argv[0]),
-//! the one-command single-server setup (`up`), `bench`, and the CLI.
+//! processes (`brick`), the NFS gateway (`nfs`), the FUSE client (`mount`, or
+//! `mount.kiln` by argv[0]), the one-command single-server setup (`up`),
+//! `bench`, and the CLI.
 
 mod bench;
 mod logging;
+mod nfs;
 mod up;
 
 use clap::Parser;
@@ -68,6 +70,7 @@ fn dispatch(args: &[String]) -> i32 {
     let result = match cmd {
         "server" => run_server(rest),
         "brick" => run_brick(rest),
+        "nfs" => nfs::run(rest),
         "mount" => return run_mount(rest),
         "up" => up::run(rest),
         "bench" => bench::run(rest),
@@ -94,6 +97,7 @@ const USAGE: &str = "usage: kiln <command> ...
   server [--listen ADDR] [--state-dir DIR] [--log-dir DIR]   run the management daemon
   up [--data-dir DIR] [--bricks N] [--volume NAME]           a single-server Kiln with a default volume
   mount HOST:/VOL DIR [-o OPTIONS]                           mount a volume with FUSE
+  nfs [--listen ADDR] [--mgmt HOST[:PORT]] [--volumes V1,V2] NFSv3 gateway (kiln server runs it)
   peer probe|detach|status HOST ; pool list
   volume create|start|stop|delete|info|status|set ...
   bench MOUNT [--local DIR]                                  Kiln vs the local disk

@@ -1,6 +1,7 @@
 //! Client side of the management protocol: connecting to a daemon over TCP
-//! or the local abstract socket, peer authentication, and fetching a volume
-//! spec for a FUSE client (`fetch_volume_spec`).
+//! or the local abstract socket, peer authentication, fetching a volume
+//! spec for a FUSE client (`fetch_volume_spec`) and the volumes an NFS
+//! gateway serves (`fetch_nfs_exports`).
 
 use bytes::Bytes;
 use std::os::linux::net::SocketAddrExt;
@@ -9,7 +10,9 @@ use std::time::Duration;
 use crate::auth::{nonce, PoolSecret};
 use crate::error::MgmtError;
 use crate::net::{join_host_port, split_host_port};
-use crate::proto::{MgmtReply, MgmtRequest, MGMT_PORT, MGMT_PROTOCOL_VERSION};
+use crate::proto::{
+    CliReply, CliRequest, MgmtReply, MgmtRequest, MGMT_PORT, MGMT_PROTOCOL_VERSION,
+};
 use crate::wire::{Conn, CONNECT_TIMEOUT};
 
 /// The abstract unix socket name the local daemon answers the CLI on.
@@ -137,6 +140,42 @@ async fn fetch_from(server: &str, volume: &str) -> Result<kiln_core::graph::Volu
         MgmtReply::Error(e) => Err(MgmtError::Remote(e)),
         other => Err(MgmtError::Protocol(format!(
             "unexpected answer to GetSpec: {other:?}"
+        ))),
+    }
+}
+
+/// The volumes an NFS gateway serves: every started volume whose
+/// `nfs.disable` is not on, asked of the first of `servers` that answers
+/// (a CLI request, so the caller must be on a server of the pool).
+pub async fn fetch_nfs_exports(servers: &[String]) -> Result<Vec<String>, MgmtError> {
+    let mut last = None;
+    for server in servers {
+        match exports_from(server).await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                tracing::warn!(server = %server, error = %e, "volume list fetch failed");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| MgmtError::NoServer("no management server given".into())))
+}
+
+async fn exports_from(server: &str) -> Result<Vec<String>, MgmtError> {
+    let (mut conn, _, _) = connect_tcp(server).await?;
+    let req = MgmtRequest::Cli(CliRequest::VolumeInfo { name: None });
+    let (reply, _) = conn
+        .call(&req, Bytes::new(), Duration::from_secs(30))
+        .await?;
+    match reply {
+        MgmtReply::Cli(CliReply::Volumes(vols)) => Ok(vols
+            .into_iter()
+            .filter(|v| v.status == "Started" && !crate::options::nfs_disabled(&v.options))
+            .map(|v| v.name)
+            .collect()),
+        MgmtReply::Cli(CliReply::Failed(e)) | MgmtReply::Error(e) => Err(MgmtError::Remote(e)),
+        other => Err(MgmtError::Protocol(format!(
+            "unexpected answer to volume info: {other:?}"
         ))),
     }
 }

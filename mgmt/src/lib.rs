@@ -2,7 +2,7 @@
 //!
 //! The daemon keeps the trusted pool's configuration (through
 //! `kiln_config::ConfigStore`), answers the CLI and clients on port 24007,
-//! and runs the brick processes of the bricks it owns. The CLI speaks
+//! and runs the brick processes of the bricks it owns and its NFS gateway. The CLI speaks
 //! GlusterFS's grammar and prints GlusterFS's layouts.
 
 mod auth;
@@ -14,6 +14,7 @@ mod error;
 mod identity;
 mod logging;
 mod net;
+mod nfs_supervisor;
 mod options;
 mod peer;
 mod pool;
@@ -24,6 +25,7 @@ mod volume_ops;
 mod wire;
 
 pub use cli::run_cli;
-pub use client::fetch_volume_spec;
+pub use client::{fetch_nfs_exports, fetch_volume_spec};
 pub use daemon::{run_server, ServerArgs};
 pub use error::MgmtError;
+pub use options::nfs_disabled;

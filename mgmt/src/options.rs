@@ -57,6 +57,20 @@ const TYPED: &[(&str, Kind)] = &[
     ("diagnostics.count-fop-hits", Kind::Bool),
 ];
 
+/// True if `nfs.disable` is set to a true spelling (`on`, `yes`, `true`,
+/// `enable`, `1`): the volume is not served by the servers' NFS gateways.
+pub fn nfs_disabled(options: &std::collections::BTreeMap<String, String>) -> bool {
+    options
+        .get("nfs.disable")
+        .map(|v| {
+            matches!(
+                v.to_ascii_lowercase().as_str(),
+                "on" | "yes" | "true" | "enable" | "1"
+            )
+        })
+        .unwrap_or(false)
+}
+
 /// True for the spellings GlusterFS accepts as a boolean.
 pub(crate) fn is_bool(v: &str) -> bool {
     matches!(
@@ -131,6 +145,20 @@ mod tests {
             ("auth.allow", "10.0.0.*"),
         ] {
             validate(k, v).unwrap_or_else(|e| panic!("{k} {v}: {e}"));
+        }
+    }
+
+    #[test]
+    fn nfs_disable_spellings() {
+        let opts = |v: &str| {
+            std::collections::BTreeMap::from([("nfs.disable".to_string(), v.to_string())])
+        };
+        assert!(!nfs_disabled(&Default::default()));
+        for on in ["on", "ON", "yes", "true", "enable", "1"] {
+            assert!(nfs_disabled(&opts(on)), "{on}");
+        }
+        for off in ["off", "no", "false", "disable", "0"] {
+            assert!(!nfs_disabled(&opts(off)), "{off}");
         }
     }
 

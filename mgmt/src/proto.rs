@@ -99,6 +99,8 @@ pub enum PeerRequest {
     },
     /// The sender detached this server from the pool.
     Detached,
+    /// State of this server's NFS gateway (`kiln nfs`).
+    NfsStatus,
 }
 
 /// A daemon's answer.
@@ -144,6 +146,9 @@ pub enum MgmtReply {
     BricksStarted(Vec<BrickStartResult>),
     /// Answer to `BrickStatus`.
     BrickStates(Vec<BrickState>),
+    /// Answer to `NfsStatus`; `None` when this server runs no NFS gateway
+    /// at all (in-process tests).
+    NfsState(Option<NfsServerState>),
 }
 
 /// An admin command (parsed by the CLI, executed by a daemon).
@@ -298,6 +303,9 @@ pub struct VolumeStatusView {
     pub name: String,
     /// Its bricks, in order.
     pub bricks: Vec<BrickState>,
+    /// The NFS gateways of the pool's servers (none if `nfs.disable` is on).
+    #[serde(default)]
+    pub nfs: Vec<NfsServerState>,
 }
 
 /// Live state of one brick (answered by the server that owns it).
@@ -347,4 +355,21 @@ pub struct BrickStartResult {
     pub brick: String,
     /// The port it listens on, or why it did not start.
     pub result: Result<u16, String>,
+}
+
+/// One server's NFS gateway as `volume status` shows it
+/// (`NFS Server on HOST  PORT  Y  PID`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NfsServerState {
+    /// The server (`localhost` for the one answering the CLI).
+    pub host: String,
+    /// Its NFS port (2049).
+    pub port: u16,
+    /// Whether the gateway runs, accepts connections, and serves the volume
+    /// (for `NfsStatus`: runs and accepts).
+    pub online: bool,
+    /// Its process id, if it runs.
+    pub pid: Option<u32>,
+    /// The volumes it serves.
+    pub volumes: Vec<String>,
 }

@@ -1,6 +1,8 @@
 //! `volume status [NAME|all] [detail]`: every server that owns bricks of the
 //! volume reports their live state (and, for `detail`, file-system facts);
-//! the bricks of a server that does not answer show offline.
+//! the bricks of a server that does not answer show offline. Every server of
+//! the pool reports its NFS gateway (`NFS Server on HOST`) unless the volume
+//! has `nfs.disable on`.
 
 use kiln_config::{VolumeConfig, VolumeStatus};
 use std::path::PathBuf;
@@ -8,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::daemon::Daemon;
-use crate::proto::{BrickState, CliReply, MgmtReply, PeerRequest, VolumeStatusView};
+use crate::proto::{
+    BrickState, CliReply, MgmtReply, NfsServerState, PeerRequest, VolumeStatusView,
+};
 
 /// How long a server has to report its bricks.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,10 +78,66 @@ async fn gather(d: &Arc<Daemon>, vol: &VolumeConfig, detail: bool) -> VolumeStat
             Err(e) => tracing::warn!(error = %e, "a server did not report its bricks"),
         }
     }
+    let nfs = if detail || crate::options::nfs_disabled(&vol.options) {
+        Vec::new()
+    } else {
+        nfs_states(d, &vol.name).await
+    };
     VolumeStatusView {
         name: vol.name.clone(),
         bricks,
+        nfs,
     }
+}
+
+/// The NFS gateway of every server of the pool (this one first, as
+/// `localhost`), as it serves volume `name`. A server that does not answer
+/// shows offline; one that runs no gateway at all (tests) is left out.
+async fn nfs_states(d: &Arc<Daemon>, name: &str) -> Vec<NfsServerState> {
+    let cfg = d.store.current();
+    let mut uuids: Vec<String> = vec![d.id.uuid.clone()];
+    let mut others: Vec<(&String, &String)> = cfg
+        .peers
+        .values()
+        .filter(|p| p.uuid != d.id.uuid)
+        .map(|p| (&p.hostname, &p.uuid))
+        .collect();
+    others.sort();
+    uuids.extend(others.into_iter().map(|(_, u)| u.clone()));
+    let calls = uuids.into_iter().map(|uuid| async move {
+        let r = d
+            .call_peer(&uuid, PeerRequest::NfsStatus, STATUS_TIMEOUT)
+            .await;
+        (uuid, r)
+    });
+    let mut out = Vec::new();
+    for (uuid, r) in futures::future::join_all(calls).await {
+        let host = d.peer_name(&uuid);
+        match r {
+            Ok(MgmtReply::NfsState(None)) => {}
+            Ok(MgmtReply::NfsState(Some(mut s))) => {
+                s.online = s.online && s.volumes.iter().any(|v| v == name);
+                if !s.online {
+                    s.pid = None;
+                }
+                s.host = host;
+                out.push(s);
+            }
+            other => {
+                if let Err(e) = &other {
+                    tracing::warn!(peer = %host, error = %e, "a server did not report its NFS gateway");
+                }
+                out.push(NfsServerState {
+                    host,
+                    port: crate::nfs_supervisor::NFS_PORT,
+                    online: false,
+                    pid: None,
+                    volumes: Vec::new(),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// `volume status [NAME] [detail]`.

@@ -41,11 +41,24 @@ pub(crate) struct BrickLaunch {
     pub(crate) label: String,
 }
 
-/// Starts brick processes (the `kiln` executable in production; tests
-/// inject a stand-in).
+/// Starts brick processes and the NFS gateway (the `kiln` executable in
+/// production; tests inject a stand-in).
 pub(crate) trait BrickLauncher: Send + Sync {
     /// Spawns the process for one brick.
     fn launch(&self, b: &BrickLaunch) -> io::Result<Child>;
+
+    /// True if this launcher can start the NFS gateway (`launch_nfs`).
+    fn runs_nfs(&self) -> bool {
+        false
+    }
+
+    /// Spawns the server's NFS gateway.
+    fn launch_nfs(&self, _n: &crate::nfs_supervisor::NfsLaunch) -> io::Result<Child> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this launcher runs no NFS gateway",
+        ))
+    }
 }
 
 /// Runs `EXE brick --volume V --volume-id ID --listen ADDR:PORT --log-file F HOST:/PATH`.
@@ -71,6 +84,34 @@ impl BrickLauncher for ExeLauncher {
             .arg("--log-file")
             .arg(&b.log_file)
             .arg(&b.label)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(false)
+            .spawn()
+    }
+
+    fn runs_nfs(&self) -> bool {
+        true
+    }
+
+    /// Runs `EXE nfs [--listen IP] --mgmt ADDR --volumes V1,V2 --log-file F`.
+    fn launch_nfs(&self, n: &crate::nfs_supervisor::NfsLaunch) -> io::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log_file)?;
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.arg("nfs");
+        if let Some(ip) = n.listen {
+            cmd.arg("--listen").arg(ip.to_string());
+        }
+        cmd.arg("--mgmt")
+            .arg(&n.mgmt)
+            .arg("--volumes")
+            .arg(n.volumes.join(","))
+            .arg("--log-file")
+            .arg(&n.log_file)
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -496,7 +537,7 @@ impl Supervisor {
     }
 }
 
-fn read_pid(path: &Path) -> Option<u32> {
+pub(crate) fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path)
         .ok()?
         .trim()
@@ -505,7 +546,7 @@ fn read_pid(path: &Path) -> Option<u32> {
         .filter(|p| *p > 0)
 }
 
-fn write_pid(path: &Path, pid: u32) -> io::Result<()> {
+pub(crate) fn write_pid(path: &Path, pid: u32) -> io::Result<()> {
     let tmp = path.with_extension("pid.tmp");
     std::fs::write(&tmp, format!("{pid}\n"))?;
     std::fs::rename(tmp, path)

@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 use std::fmt::Write;
 
-use crate::proto::{BrickState, CliReply, PeerRow, VolumeStatusView, VolumeView};
+use crate::proto::{BrickState, CliReply, NfsServerState, PeerRow, VolumeStatusView, VolumeView};
 
 /// Text to print and the exit code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,6 +194,16 @@ fn volume_status(v: &VolumeStatusView) -> String {
             or_na(b.pid)
         );
     }
+    for n in &v.nfs {
+        let name = format!("NFS Server on {}", n.host);
+        let port = if n.online {
+            n.port.to_string()
+        } else {
+            "N/A".into()
+        };
+        let online = if n.online { "Y" } else { "N" };
+        let _ = writeln!(s, "{name:<50} {port:<8} {online:<8} {}", or_na(n.pid));
+    }
     s
 }
 
@@ -244,6 +254,7 @@ pub(crate) fn json(reply: &CliReply) -> Rendered {
             json!({ "volumes": vols.iter().map(|v| json!({
                 "name": v.name,
                 "bricks": v.bricks.iter().map(brick_json).collect::<Vec<_>>(),
+                "nfs": v.nfs.iter().map(nfs_json).collect::<Vec<_>>(),
             })).collect::<Vec<_>>() }),
             0,
         ),
@@ -254,6 +265,14 @@ pub(crate) fn json(reply: &CliReply) -> Rendered {
         stderr: String::new(),
         code,
     }
+}
+
+fn nfs_json(n: &NfsServerState) -> Value {
+    json!({
+        "host": n.host,
+        "port": if n.online { json!(n.port) } else { Value::Null },
+        "online": n.online, "pid": n.pid,
+    })
 }
 
 fn brick_json(b: &BrickState) -> Value {
@@ -369,6 +388,22 @@ mod tests {
                 brick(0, "node01:/export/brick5", true),
                 brick(1, "node02:/export/brick5", false),
             ],
+            nfs: vec![
+                NfsServerState {
+                    host: "localhost".into(),
+                    port: 2049,
+                    online: true,
+                    pid: Some(2301),
+                    volumes: vec!["vol4".into()],
+                },
+                NfsServerState {
+                    host: "node02".into(),
+                    port: 2049,
+                    online: false,
+                    pid: None,
+                    volumes: vec![],
+                },
+            ],
         };
         let out = text(&CliReply::Status(vec![view.clone()])).stdout;
         let lines: Vec<&str> = out.lines().collect();
@@ -385,6 +420,18 @@ mod tests {
             lines[4].split_whitespace().collect::<Vec<_>>(),
             ["Brick", "node02:/export/brick5", "N/A", "N", "N/A"]
         );
+        assert_eq!(
+            lines[5].split_whitespace().collect::<Vec<_>>(),
+            ["NFS", "Server", "on", "localhost", "2049", "Y", "2301"]
+        );
+        assert_eq!(
+            lines[6].split_whitespace().collect::<Vec<_>>(),
+            ["NFS", "Server", "on", "node02", "N/A", "N", "N/A"]
+        );
+        let j: Value =
+            serde_json::from_str(&json(&CliReply::Status(vec![view.clone()])).stdout).unwrap();
+        assert_eq!(j["volumes"][0]["nfs"][0]["port"], 2049);
+        assert_eq!(j["volumes"][0]["nfs"][1]["online"], false);
 
         let mut detailed = view;
         detailed.bricks[0].detail = Some(BrickDetail {

@@ -185,6 +185,8 @@ pub(crate) async fn handle_peer(
             blocking(move || crate::brickfs::unstage(&path, &volume_id)).await
         }
         PeerRequest::EnsureBricks { volume } => {
+            // `volume start [force]` also restarts a gateway that died.
+            d.nfs.kick();
             MgmtReply::BricksStarted(d.supervisor.ensure_volume(&volume, &d.store).await)
         }
         PeerRequest::StopBricks { volume } => {
@@ -195,6 +197,7 @@ pub(crate) async fn handle_peer(
             MgmtReply::BrickStates(status::local_brick_states(d, &volume, detail).await)
         }
         PeerRequest::Detached => peer::handle_detached(d).await,
+        PeerRequest::NfsStatus => MgmtReply::NfsState(d.nfs.state().await),
     };
     (reply, Bytes::new())
 }

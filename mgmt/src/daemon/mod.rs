@@ -1,6 +1,7 @@
 //! The management daemon (`kiln server`): its identity and pool secret, the
 //! listeners (TCP 24007 and the local `@kiln-mgmt` socket), the pool config
-//! store, brick supervision, and the calls it makes to other servers.
+//! store, brick and NFS gateway supervision, and the calls it makes to other
+//! servers.
 
 mod conn;
 mod dispatch;
@@ -9,6 +10,8 @@ pub(crate) mod store;
 mod tests;
 #[cfg(test)]
 mod tests_pool;
+#[cfg(test)]
+mod tests_nfs;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -24,6 +27,7 @@ use crate::auth::PoolSecret;
 use crate::error::MgmtError;
 use crate::identity::NodeIdentity;
 use crate::net::{join_host_port, self_hostname};
+use crate::nfs_supervisor::NfsSupervisor;
 use crate::pool::PeerPool;
 use crate::proto::{MgmtReply, PeerRequest, MGMT_PORT};
 use crate::supervisor::{BrickLauncher, ExeLauncher, Supervisor};
@@ -101,6 +105,8 @@ pub(crate) struct Daemon {
     pub(crate) peers: Arc<PeerPool>,
     pub(crate) store: Arc<StoreHandle>,
     pub(crate) supervisor: Arc<Supervisor>,
+    /// This server's NFS gateway.
+    pub(crate) nfs: Arc<NfsSupervisor>,
     /// Serializes pool membership changes (probe, detach, join).
     pub(crate) membership: tokio::sync::Mutex<()>,
     /// Flips to true at shutdown; open connections end on it.
@@ -135,6 +141,13 @@ impl Daemon {
                 .await?
         };
         let store = StoreHandle::new(backend);
+        let nfs = NfsSupervisor::new(
+            args.listen,
+            bound.port(),
+            &args.state_dir,
+            &args.log_dir,
+            hooks.launcher.clone(),
+        );
         let supervisor = Supervisor::new(
             id.uuid.clone(),
             args.listen,
@@ -154,13 +167,15 @@ impl Daemon {
             peers,
             store: store.clone(),
             supervisor: supervisor.clone(),
+            nfs: nfs.clone(),
             membership: tokio::sync::Mutex::new(()),
             stopping: tokio::sync::watch::channel(false).0,
             tasks: Mutex::new(Vec::new()),
         });
         let mut tasks = vec![
             tokio::spawn(conn::serve_tcp(daemon.clone(), listener)),
-            tokio::spawn(supervisor.run(store)),
+            tokio::spawn(supervisor.run(store.clone())),
+            tokio::spawn(nfs.run(store)),
         ];
         if hooks.local_socket {
             match conn::bind_local() {
@@ -175,7 +190,8 @@ impl Daemon {
         Ok(daemon)
     }
 
-    /// Stops listening and background work (brick processes keep running).
+    /// Stops listening and background work (brick processes and the NFS
+    /// gateway keep running).
     pub(crate) async fn shutdown(&self) {
         self.stopping.send_replace(true);
         for t in self.tasks.lock().drain(..) {
