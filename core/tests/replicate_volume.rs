@@ -321,6 +321,16 @@ async fn brick_down_is_accused_then_healed_by_lookup() {
         .await
         .unwrap();
     write_file(&vol, nd.gfid, "deep", b"deep file").await;
+    vol.link(old, Gfid::ROOT, &name("oldlink")).await.unwrap();
+    vol.mknod(
+        Gfid::ROOT,
+        &name("fifo"),
+        &Caller::ROOT,
+        libc::S_IFIFO | 0o600,
+        0,
+    )
+    .await
+    .unwrap();
     vol.unlink(Gfid::ROOT, &name("doomed")).await.unwrap();
     vol.rename(Gfid::ROOT, &name("r1"), Gfid::ROOT, &name("r2"))
         .await
@@ -423,6 +433,16 @@ async fn brick_down_is_accused_then_healed_by_lookup() {
         assert_eq!(mode(1, "newdir"), 0o750);
     }
     assert!(!tv.at(1, "doomed").exists() && doomed != old);
+    {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let m = |rel: &str| std::fs::symlink_metadata(tv.at(1, rel)).unwrap();
+        assert_eq!(
+            m("oldlink").ino(),
+            m("old").ino(),
+            "a hard link stays a hard link"
+        );
+        assert!(m("fifo").file_type().is_fifo());
+    }
     // Left in the index: only inodes removed since (`sub`), which the
     // index drops when it is next listed.
     for b in 0..2 {

@@ -20,6 +20,9 @@ use crate::proto::{DirEntry, FileLock, Loc, LockCmd, LockType, NewInode};
 
 /// Flags that only make sense for the first open of a file.
 const CREATE_ONLY: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC;
+/// How long after a failed late open (a child back, the file not healed
+/// there yet) it is tried again.
+const LATE_OPEN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Replicate {
     fn file_fd<'a>(&self, fd: &'a Fd) -> FsResult<&'a FileFd> {
@@ -31,9 +34,14 @@ impl Replicate {
     async fn fd_children(&self, fd: &Fd) -> FsResult<Vec<(usize, Fd)>> {
         let st = self.file_fd(fd)?;
         let cur: Vec<Option<Fd>> = st.children.lock().clone();
-        let missing: Vec<usize> = (0..self.n())
-            .filter(|i| cur[*i].is_none() && self.children[*i].is_up())
-            .collect();
+        let now = std::time::Instant::now();
+        let missing: Vec<usize> = {
+            let retry = st.retry.lock();
+            (0..self.n())
+                .filter(|i| cur[*i].is_none() && self.children[*i].is_up())
+                .filter(|i| retry[*i].is_none_or(|t| now >= t))
+                .collect()
+        };
         if !missing.is_empty() {
             let flags = fd.flags & !CREATE_ONLY;
             let opened = join_all(
@@ -43,11 +51,13 @@ impl Replicate {
             )
             .await;
             let mut slots = st.children.lock();
+            let mut retry = st.retry.lock();
             for (i, r) in missing.iter().zip(opened) {
-                if let Ok(f) = r {
-                    if slots[*i].is_none() {
-                        slots[*i] = Some(f);
-                    }
+                match r {
+                    Ok(f) if slots[*i].is_none() => slots[*i] = Some(f),
+                    Ok(_) => {}
+                    // Not there yet (a heal will bring it): try again later.
+                    Err(_) => retry[*i] = Some(now + LATE_OPEN_RETRY),
                 }
             }
         }
@@ -186,9 +196,7 @@ impl Replicate {
             inode.gfid,
             &slots.iter().map(Option::is_some).collect::<Vec<_>>(),
         );
-        let st = FileFd {
-            children: parking_lot::Mutex::new(slots),
-        };
+        let st = FileFd::new(slots);
         let gfid = iatt.gfid;
         Ok((iatt, Fd::new(gfid, flags & !CREATE_ONLY, st)))
     }
@@ -280,13 +288,7 @@ impl Replicate {
                 best_error(&errors)
             });
         }
-        let fd = Fd::new(
-            gfid,
-            base,
-            FileFd {
-                children: parking_lot::Mutex::new(slots),
-            },
-        );
+        let fd = Fd::new(gfid, base, FileFd::new(slots));
         if flags & libc::O_TRUNC != 0 {
             self.truncate_fd(&fd, 0).await?;
         }

@@ -93,6 +93,18 @@ impl Health {
 /// later on children that come back).
 struct FileFd {
     children: Mutex<Vec<Option<Fd>>>,
+    /// When a late open may be tried again on each child (after a failure).
+    retry: Mutex<Vec<Option<std::time::Instant>>>,
+}
+
+impl FileFd {
+    fn new(children: Vec<Option<Fd>>) -> FileFd {
+        let n = children.len();
+        FileFd {
+            children: Mutex::new(children),
+            retry: Mutex::new(vec![None; n]),
+        }
+    }
 }
 
 /// An open directory: child fds, and the child a listing reads from

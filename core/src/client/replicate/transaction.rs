@@ -269,6 +269,12 @@ impl Replicate {
         Fut: Future<Output = FsResult<T>>,
     {
         let n = self.n();
+        if cands.is_empty() {
+            return Err(FsError::NotConnected(format!(
+                "{}: no child is up",
+                self.name
+            )));
+        }
         if !self.quorum.met(&cands, n) {
             return Err(FsError::ReadOnly);
         }
