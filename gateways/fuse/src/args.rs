@@ -269,6 +269,7 @@ impl ClientOptions {
                 }
                 ("ready-timeout", Some(v)) => c.ready_timeout = seconds(o, v)?,
                 ("write-behind", v) => c.mount.fs.write_behind = yes_no(o, v)?,
+                ("flush-behind", v) => c.mount.fs.flush_behind = yes_no(o, v)?,
                 ("write-behind-window-size", Some(v)) => {
                     c.mount.fs.write_behind_window = size(v)
                         .filter(|n| (4096..=(256 << 20)).contains(n))
@@ -372,9 +373,12 @@ mod tests {
         let wb = ClientOptions::parse(&[
             "write-behind=off".to_string(),
             "write-behind-window-size=2MB".to_string(),
+            "flush-behind=off".to_string(),
         ])
         .unwrap();
         assert!(!wb.mount.fs.write_behind);
+        assert!(!wb.mount.fs.flush_behind);
+        assert!(ClientOptions::parse(&[]).unwrap().mount.fs.flush_behind);
         assert_eq!(wb.mount.fs.write_behind_window, 2 << 20);
         assert_eq!(size("512k"), Some(512 << 10));
         assert_eq!(size("4096"), Some(4096));

@@ -26,6 +26,12 @@
 //!   by the next write, flush or fsync. Synchronous, direct and append
 //!   opens write through. Reads, stats and lookups wait for a file's
 //!   writes; so do locks, so locked data lands before the unlock.
+//! - Flush-behind (`flush-behind=off` to disable), as GlusterFS: close(2)
+//!   does not wait for the file's background writes (a failure already
+//!   known is reported; a later one by fsync or the next write, else it is
+//!   logged). This client's own opens, reads and stats wait for them; other
+//!   clients may open the file before the last write lands (one round trip
+//!   later). Files this client has locked always wait.
 //! - close(2) sends a flush to the volume only for files this client has
 //!   locked: a flush only releases locks (`Xlator::flush`).
 //! - Locks: fcntl, OFD and flock locks all go to the volume; flock is a

@@ -142,6 +142,22 @@ impl WriteBehind {
         }
     }
 
+    /// Reports (and clears) a failure of `ino`'s background writes that is
+    /// already known, without waiting for those in flight.
+    pub(crate) fn take_error(&self, ino: u64) -> FsResult<()> {
+        let mut map = self.map.lock();
+        let Some(p) = map.get(&ino).cloned() else {
+            return Ok(());
+        };
+        let mut st = p.state.lock();
+        let err = st.error.take();
+        if st.ranges.is_empty() {
+            drop(st);
+            map.remove(&ino);
+        }
+        err.map_or(Ok(()), Err)
+    }
+
     /// Waits for `ino`'s writes, then reports (and clears) a failure.
     pub(crate) async fn settle(&self, ino: u64) -> FsResult<()> {
         self.drain(ino).await;
@@ -208,6 +224,22 @@ mod tests {
         // A write larger than the window is admitted when alone.
         let big = wb.begin(1, 0, 1000).await.unwrap();
         wb.finish(big, Ok(()), 1000);
+    }
+
+    #[tokio::test]
+    async fn take_error_reports_a_known_failure_without_waiting() {
+        let wb = WriteBehind::new(1 << 20);
+        let a = wb.begin(5, 0, 10).await.unwrap();
+        let b = wb.begin(5, 10, 10).await.unwrap();
+        // `b` still in flight: nothing known yet, and no wait.
+        assert_eq!(wb.take_error(5), Ok(()));
+        wb.finish(a, Err(FsError::NoSpace), 10);
+        assert_eq!(wb.take_error(5), Err(FsError::NoSpace));
+        assert_eq!(wb.take_error(5), Ok(()));
+        assert!(wb.busy(5));
+        wb.finish(b, Ok(()), 10);
+        assert_eq!(wb.take_error(5), Ok(()));
+        assert!(wb.map.lock().is_empty());
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
 //! Write-behind through a real kernel mount: writes are acknowledged before
 //! they land, yet land in order, show in stat and reads at once, and a
-//! failure surfaces at fsync or close.
+//! failure surfaces at fsync or close; with flush-behind close does not wait.
 
 mod common;
 
@@ -69,6 +69,31 @@ fn failure_surfaces_at_fsync_and_close() {
         Some(libc::EIO)
     );
     m.mem.fail_writes(None);
+}
+
+#[test]
+fn close_does_not_wait_for_writes_unless_flush_behind_is_off() {
+    for flush_behind in [true, false] {
+        let mut cfg = kiln_fuse::MountConfig::default();
+        cfg.fs.flush_behind = flush_behind;
+        let m = common::mount_mem_with(cfg);
+        m.mem.delay_writes(Duration::from_millis(300));
+        let p = m.p("slow");
+        let t = std::time::Instant::now();
+        let mut f = File::create(&p).unwrap();
+        f.write_all(&[3u8; 4096]).unwrap();
+        drop(f);
+        let closed = t.elapsed();
+        if flush_behind {
+            assert!(closed < Duration::from_millis(250), "close waited {closed:?}");
+        } else {
+            assert!(closed >= Duration::from_millis(300), "close returned after {closed:?}");
+        }
+        // This client's stat and read wait for the write either way.
+        assert_eq!(fs::metadata(&p).unwrap().len(), 4096);
+        assert_eq!(fs::read(&p).unwrap(), vec![3u8; 4096]);
+        assert_eq!(m.mem.file_data("slow").unwrap(), vec![3u8; 4096]);
+    }
 }
 
 #[test]

@@ -105,19 +105,24 @@ impl Inner {
     }
 
     /// A close(2): waits for the file's background writes and reports
-    /// their failure; releases `lock_owner`'s POSIX locks. A flush only
+    /// their failure (with flush-behind: reports a failure already known);
+    /// releases `lock_owner`'s POSIX locks. A flush only
     /// releases locks (the `Xlator::flush` contract), so it is not sent
     /// for a file this client never locked.
     pub(crate) async fn flush(&self, ino: u64, fh: u64, lock_owner: u64) -> FsResult<()> {
         let h = self.handles.get(fh)?;
         h.owners(|o| o.flushed(lock_owner));
-        // Locks guard the data: release them only once it has landed.
-        self.wb.settle(ino).await?;
         if self.inodes.ever_locked(ino) {
-            self.vol.flush(h.fd(), lock_owner).await
-        } else {
-            Ok(())
+            // Locks guard the data: release them only once it has landed.
+            self.wb.settle(ino).await?;
+            return self.vol.flush(h.fd(), lock_owner).await;
         }
+        if self.cfg.flush_behind {
+            // Writes still in flight land on their own; this client's
+            // later opens, reads and stats of the file wait for them.
+            return self.wb.take_error(ino);
+        }
+        self.wb.settle(ino).await
     }
 
     /// Last close of a file or directory. `flock_owner`: the kernel asks to

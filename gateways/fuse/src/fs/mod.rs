@@ -50,6 +50,11 @@ pub struct FsConfig {
     pub write_behind: bool,
     /// Bytes of background writes in flight per file.
     pub write_behind_window: usize,
+    /// close(2) returns without waiting for the file's background writes
+    /// (GlusterFS's `flush-behind`): a failure that is already known is
+    /// still reported, a later one only by fsync or the next write. Files
+    /// this client locked always wait (locks guard the data).
+    pub flush_behind: bool,
 }
 
 impl Default for FsConfig {
@@ -63,6 +68,7 @@ impl Default for FsConfig {
             max_readahead: 1 << 20,
             write_behind: true,
             write_behind_window: 4 << 20,
+            flush_behind: true,
         }
     }
 }
