@@ -85,9 +85,15 @@ fn close_does_not_wait_for_writes_unless_flush_behind_is_off() {
         drop(f);
         let closed = t.elapsed();
         if flush_behind {
-            assert!(closed < Duration::from_millis(250), "close waited {closed:?}");
+            assert!(
+                closed < Duration::from_millis(250),
+                "close waited {closed:?}"
+            );
         } else {
-            assert!(closed >= Duration::from_millis(300), "close returned after {closed:?}");
+            assert!(
+                closed >= Duration::from_millis(300),
+                "close returned after {closed:?}"
+            );
         }
         // This client's stat and read wait for the write either way.
         assert_eq!(fs::metadata(&p).unwrap().len(), 4096);
