@@ -103,7 +103,7 @@ pub(crate) async fn create(d: &Arc<Daemon>, a: CreateArgs) -> CliReply {
     if a.bricks.is_empty() {
         return fail("no bricks given".into());
     }
-    if a.bricks.len() % replica != 0 {
+    if a.bricks.len().checked_rem(replica) != Some(0) {
         return fail("number of bricks is not a multiple of replica count".into());
     }
     let mut parsed = Vec::new();
