@@ -576,3 +576,29 @@ async fn distributed_replicate_places_each_file_on_one_set() {
         "spread over sets: {per_set:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_failing_on_one_copy_is_repaired() {
+    let tv = start_volume(2, 2, &[]).await;
+    let vol = mount(&tv).await;
+    // A stray file on brick 1 makes mkdir fail there only (EEXIST).
+    std::fs::write(tv.at(1, "clash"), b"stray").unwrap();
+    let d = vol
+        .mkdir(Gfid::ROOT, &name("clash"), &Caller::ROOT, 0o755)
+        .await
+        .expect("mkdir succeeds on the copy where it can");
+    // Brick 0 accuses brick 1 for the root's entries; brick 1, where the
+    // operation failed, accuses itself.
+    assert_eq!(pending(&tv.at(0, ""), 1), [0, 0, 1]);
+    assert_eq!(pending(&tv.at(0, ""), 0), [0, 0, 0]);
+    assert_eq!(pending(&tv.at(1, ""), 1), [0, 0, 1]);
+    assert_eq!(pending(&tv.at(1, ""), 0), [0, 0, 0]);
+
+    // A lookup sees the copies disagree and heals the root from brick 0:
+    // the stray file gives way to the directory.
+    heal_by_lookup(&tv, &["/clash"], || tv.at(1, "clash").is_dir()).await;
+    assert_eq!(gfid_of(&tv.at(1, "clash")), Some(d.gfid.0.to_vec()));
+    assert!(all_zero(&tv, "", &[0, 1]), "root counters cleared");
+    let got = vol.lookup(Gfid::ROOT, &name("clash")).await.unwrap();
+    assert_eq!(got.iatt.gfid, d.gfid);
+}
