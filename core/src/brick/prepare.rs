@@ -65,6 +65,13 @@ pub fn prepare_brick_dir(
         }
     }
     std::fs::create_dir_all(path).map_err(|e| io(path, e))?;
+    if !existed {
+        // A new brick root is the volume root: 0755 as an admin expects,
+        // whatever the caller's umask (a brick process runs with umask 0).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| io(path, e))?;
+    }
     // A refusal leaves no directory behind that this call made.
     let undo = |e: BrickPrepareError| {
         if !existed {
