@@ -36,6 +36,10 @@ have cc          || need+=(gcc)
 have nfs-cat     || need+=(libnfs-utils)   # NFS gateway tests: nfs-cp/nfs-cat/nfs-ls
 have rpcinfo     || need+=(rpcbind)        # rpcinfo; rpcbind adoption test
 have showmount   || need+=(nfs-common)     # showmount -e/-a
+# The Linux kernel's NFS client, booted under qemu (TCG) by tests/src/knfs.rs;
+# its kernel package is fetched once into ~/.cache/kiln-knfs.
+have qemu-system-x86_64 || need+=(qemu-system-x86)
+[ -x /bin/busybox ]     || need+=(busybox-static)
 dpkg -s libacl1-dev >/dev/null 2>&1 || need+=(libacl1-dev)   # pjdfstest links libacl
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing: ${need[*]}"

@@ -14,6 +14,7 @@
 //!
 //! Needs root, `ip` (iproute2), `iptables`, `nsenter` (util-linux) and, for
 //! kiln tests, the `kiln` binary (`KILN_BIN` or `target/{debug,release}/kiln`).
+//! `knfs` boots the Linux kernel's NFSv3 client under qemu for the NFS tests.
 
 mod cleanup;
 mod client;
@@ -25,6 +26,7 @@ mod procs;
 mod wait;
 
 pub mod brick;
+pub mod knfs;
 
 pub use cleanup::{acquire_slot, base_dir, cleanup_stale, lazy_umount_under, Slot};
 pub use client::{Client, Mount};
