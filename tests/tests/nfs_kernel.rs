@@ -20,7 +20,6 @@ use kiln_tests::knfs::{GuestNet, KernelClient};
 use kiln_tests::{check_prerequisites, wait_for, wait_until, Cluster};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -135,8 +134,8 @@ fn kernel_client_over_tcp_and_udp() {
             return;
         }
     };
-    let t0 = Instant::now();
     let c = Cluster::pool(2).unwrap();
+    let t0 = Instant::now();
     let bricks = c.create_started_volume("vol1", &[1, 2]).unwrap();
 
     // Both servers run their gateway; status shows them.
@@ -177,12 +176,18 @@ fn kernel_client_over_tcp_and_udp() {
     std::fs::write(m.join("from-host.bin"), &host_file).unwrap();
     let seed = Instant::now();
     std::fs::create_dir(m.join("big")).unwrap();
-    for i in 0..BIG_DIR_ENTRIES {
-        std::fs::File::create(m.join(format!("big/e{i}")))
-            .unwrap()
-            .flush()
-            .unwrap();
-    }
+    let big_dir = m.join("big");
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let dir = &big_dir;
+            s.spawn(move || {
+                for i in (t..BIG_DIR_ENTRIES).step_by(4) {
+                    std::fs::File::create(dir.join(format!("e{i}")))
+                        .unwrap_or_else(|e| panic!("create big/e{i}: {e}"));
+                }
+            });
+        }
+    });
     let seed_time = seed.elapsed();
     let setup = t0.elapsed();
 
@@ -282,7 +287,7 @@ fn kernel_client_over_tcp_and_udp() {
 
     let at = |p: &str| run.time_of(p).map(|t| t.as_secs_f64()).unwrap_or(f64::NAN);
     eprintln!(
-        "nfs_kernel figures: cluster+volume+seed {:.1}s (10,000 FUSE creates {:.1}s); guest boot {:.1}s; \
+        "nfs_kernel figures: volume start to gateways up + FUSE seed {:.1}s (10,000 FUSE creates {:.1}s); guest boot {:.1}s; \
          tcp mounted {:.1}s, written {:.1}s, read {:.1}s, listed {:.1}s, 10k listed {:.1}s, done {:.1}s; \
          udp mounted {:.1}s, done {:.1}s; qemu total {:.1}s; test total {:.1}s",
         setup.as_secs_f64(),
@@ -300,4 +305,39 @@ fn kernel_client_over_tcp_and_udp() {
         t0.elapsed().as_secs_f64(),
     );
     m.umount().unwrap();
+
+    // nfs.disable on: the real gateways stop (SIGTERM, clean shutdown) and
+    // status shows none; off: they come back.
+    let gateway = |node: &kiln_tests::Node| {
+        node.pids()
+            .into_iter()
+            .find(|p| kiln_tests::cmdline(*p).contains(" nfs "))
+    };
+    let before = gateway(n1).expect("node01 runs its gateway");
+    n1.kiln_ok(&["volume", "set", "vol1", "nfs.disable", "on"])
+        .unwrap();
+    for node in c.nodes() {
+        wait_until(
+            &format!("{}'s gateway to stop", node.name()),
+            Duration::from_secs(30),
+            || gateway(node).is_none(),
+        )
+        .unwrap();
+    }
+    let log = std::fs::read_to_string(n1.log_dir().join("nfs.log")).unwrap();
+    assert!(log.contains("nfs gateway stopping"), "{log}");
+    let out = n1.kiln_ok(&["volume", "status", "vol1"]).unwrap();
+    assert!(!out.contains("NFS Server"), "{out}");
+    n1.kiln_ok(&["volume", "set", "vol1", "nfs.disable", "off"])
+        .unwrap();
+    wait_until(
+        "node01's gateway to listen again",
+        Duration::from_secs(60),
+        || {
+            n1.listeners()
+                .iter()
+                .any(|l| l.port == 2049 && l.cmdline.contains(" nfs ") && l.pid != before)
+        },
+    )
+    .unwrap();
 }

@@ -177,6 +177,13 @@ async fn one_gateway_follows_the_volumes() {
     assert!(gone(pid3));
     assert!(nfs_lines(&d, "vol2").await.is_empty());
     assert_eq!(nfs_lines(&d, "vol1").await[0][5], "Y");
+    // What `kiln nfs` without --volumes serves.
+    assert_eq!(
+        crate::fetch_nfs_exports(&["127.0.0.9:1".into(), d.bound.to_string()])
+            .await
+            .unwrap(),
+        ["vol1"]
+    );
     let (code, out) = cli(&d, "volume set vol2 nfs.disable maybe").await;
     assert_eq!(code, 1, "{out}");
 
