@@ -11,8 +11,12 @@ use tokio_util::codec::Decoder;
 
 use crate::proto::{Frame, FrameCodec, FrameKind, MAX_FRAME};
 
-/// Bytes asked of the socket per read (more when a frame is larger).
+/// Buffer room kept for reads (more when a frame is larger).
 const READ_CHUNK: usize = 256 * 1024;
+/// Bytes asked of the socket when no frame is under way: enough for a batch
+/// of small frames, and little to copy when it turns out to be the start of
+/// a large one (whose buffer is then allocated at its full size).
+const READ_FIRST: usize = 64 * 1024;
 /// Segments handed to one vectored write.
 const IOV_MAX: usize = 64;
 /// Data sections smaller than this are copied beside their header (one
@@ -44,17 +48,17 @@ impl FrameReader {
             if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
                 self.buf.reserve(READ_CHUNK);
             }
+            let fresh = self.buf.is_empty();
             let spare = self.buf.spare_capacity_mut();
-            // SAFETY: the pointer and length describe this buffer's spare
-            // capacity, which read(2) may fill; it is not read before
-            // `set_len` below covers only what the kernel wrote.
-            let n = unsafe {
-                libc::read(
-                    self.stream.as_raw_fd(),
-                    spare.as_mut_ptr().cast(),
-                    spare.len(),
-                )
+            let want = if fresh {
+                spare.len().min(READ_FIRST)
+            } else {
+                spare.len()
             };
+            // SAFETY: the pointer and length describe (part of) this
+            // buffer's spare capacity, which read(2) may fill; it is not
+            // read before `set_len` below covers only what the kernel wrote.
+            let n = unsafe { libc::read(self.stream.as_raw_fd(), spare.as_mut_ptr().cast(), want) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
