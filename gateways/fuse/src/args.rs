@@ -270,6 +270,7 @@ impl ClientOptions {
                 ("ready-timeout", Some(v)) => c.ready_timeout = seconds(o, v)?,
                 ("write-behind", v) => c.mount.fs.write_behind = yes_no(o, v)?,
                 ("flush-behind", v) => c.mount.fs.flush_behind = yes_no(o, v)?,
+                ("direct-write-only", v) => c.mount.fs.direct_write_only = yes_no(o, v)?,
                 ("write-behind-window-size", Some(v)) => {
                     c.mount.fs.write_behind_window = size(v)
                         .filter(|n| (4096..=(256 << 20)).contains(n))
@@ -374,8 +375,10 @@ mod tests {
             "write-behind=off".to_string(),
             "write-behind-window-size=2MB".to_string(),
             "flush-behind=off".to_string(),
+            "direct-write-only=off".to_string(),
         ])
         .unwrap();
+        assert!(!wb.mount.fs.direct_write_only);
         assert!(!wb.mount.fs.write_behind);
         assert!(!wb.mount.fs.flush_behind);
         assert!(ClientOptions::parse(&[]).unwrap().mount.fs.flush_behind);

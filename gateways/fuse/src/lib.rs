@@ -32,6 +32,10 @@
 //!   logged). This client's own opens, reads and stats wait for them; other
 //!   clients may open the file before the last write lands (one round trip
 //!   later). Files this client has locked always wait.
+//! - Write-only opens bypass the kernel page cache (FOPEN_DIRECT_IO;
+//!   `direct-write-only=off` to disable): a copy less per byte written and
+//!   no `security.capability` probe per new file; the kernel drops the
+//!   written range from other opens' caches, so readers stay coherent.
 //! - close(2) sends a flush to the volume only for files this client has
 //!   locked: a flush only releases locks (`Xlator::flush`).
 //! - Locks: fcntl, OFD and flock locks all go to the volume; flock is a

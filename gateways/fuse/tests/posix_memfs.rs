@@ -512,6 +512,53 @@ fn hot_path_asks_the_volume_little() {
     );
 }
 
+#[test]
+fn write_only_opens_stay_coherent_with_cached_readers() {
+    let m = common::mount_mem();
+    let p = m.p("coherent");
+    fs::write(&p, vec![b'a'; 8192]).unwrap();
+    // A reader caches the pages (and maps them).
+    let r = File::open(&p).unwrap();
+    let mut buf = vec![0u8; 8192];
+    std::os::unix::fs::FileExt::read_exact_at(&r, &mut buf, 0).unwrap();
+    assert!(buf.iter().all(|b| *b == b'a'));
+    // SAFETY: a fresh read-only shared mapping of an open file, unmapped
+    // below; only read through a slice of its length.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            8192,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&r),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED);
+    // SAFETY: the mapping is 8192 bytes long and stays mapped while used.
+    let mapped = unsafe { std::slice::from_raw_parts(map as *const u8, 8192) };
+    assert_eq!(mapped[4096], b'a');
+    // A write-only open (which bypasses the page cache) rewrites the first
+    // page and extends the file.
+    let w = OpenOptions::new().write(true).open(&p).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&w, &[b'b'; 4096], 0).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&w, &[b'c'; 4096], 8192).unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().len(), 12288, "size seen at once");
+    drop(w);
+    let mut buf = vec![0u8; 12288];
+    std::os::unix::fs::FileExt::read_exact_at(&r, &mut buf, 0).unwrap();
+    assert!(
+        buf[..4096].iter().all(|b| *b == b'b'),
+        "reader sees the write"
+    );
+    assert!(buf[4096..8192].iter().all(|b| *b == b'a'));
+    assert!(buf[8192..].iter().all(|b| *b == b'c'));
+    assert_eq!(mapped[0], b'b', "mapping sees the write");
+    // SAFETY: unmapping the mapping made above, no longer used.
+    unsafe { libc::munmap(map, 8192) };
+    assert_eq!(m.mem.file_data("coherent").unwrap(), buf);
+}
+
 /// Runs `sh -c script` as uid/gid 65534 (nobody); returns (success, stdout).
 fn as_nobody(script: &str) -> (bool, String) {
     let out = std::process::Command::new("setpriv")

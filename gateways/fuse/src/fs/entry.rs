@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use fuser::{FileAttr, FopenFlags, RenameFlags};
+use fuser::{FileAttr, RenameFlags};
 use kiln_core::client::Caller;
 use std::time::SystemTime;
 
@@ -89,7 +89,7 @@ impl Inner {
             attr,
             Opened {
                 fh,
-                flags: FopenFlags::empty(),
+                flags: self.open_flags_for(flags),
             },
         ))
     }

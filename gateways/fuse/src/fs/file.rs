@@ -13,10 +13,20 @@ use super::{Inner, WRITE_BEHIND_UNITS};
 use crate::handles::Handle;
 
 impl Inner {
+    /// FUSE open flags for an open with `flags`: a write-only open bypasses
+    /// the kernel page cache (see `FsConfig::direct_write_only`).
+    pub(crate) fn open_flags_for(&self, flags: i32) -> FopenFlags {
+        if self.cfg.direct_write_only && flags & libc::O_ACCMODE == libc::O_WRONLY {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::empty()
+        }
+    }
+
     pub(crate) async fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
         let gfid = self.inodes.gfid(ino)?;
         self.wb.drain(ino).await;
-        let mut fopen = FopenFlags::empty();
+        let mut fopen = self.open_flags_for(flags);
         let fd = if !self.cfg.keep_cache {
             self.vol.open(gfid, flags).await?
         } else if let Some(attr) = self.inodes.fresh_attr(ino) {

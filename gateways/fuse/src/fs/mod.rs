@@ -55,6 +55,12 @@ pub struct FsConfig {
     /// still reported, a later one only by fsync or the next write. Files
     /// this client locked always wait (locks guard the data).
     pub flush_behind: bool,
+    /// Write-only opens bypass the kernel page cache (FOPEN_DIRECT_IO): the
+    /// kernel hands the writer's own pages to this process, which saves a
+    /// copy of every byte written and the page cache churn; nothing reads
+    /// through such an open, and the kernel drops other opens' cached pages
+    /// of the range written.
+    pub direct_write_only: bool,
 }
 
 impl Default for FsConfig {
@@ -69,6 +75,7 @@ impl Default for FsConfig {
             write_behind: true,
             write_behind_window: 4 << 20,
             flush_behind: true,
+            direct_write_only: true,
         }
     }
 }
