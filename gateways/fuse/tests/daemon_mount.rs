@@ -331,6 +331,11 @@ fn unprivileged_mount_through_fusermount3() {
     nobody(mnt.path());
     nobody(work.path());
     nobody(b.dir.path());
+    // The admin opens the volume root (0755 root-owned when made) to users.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&b.spec.bricks[0].path, fs::Permissions::from_mode(0o777)).unwrap();
+    }
     let mnt_path = mnt.path().canonicalize().unwrap();
     let log = work.path().join("user.log");
     let pid_file = work.path().join("user.pid");
