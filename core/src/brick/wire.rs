@@ -9,14 +9,14 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use tokio_util::codec::Decoder;
 
+// Reads that start a new frame ask for at most `READ_FIRST` bytes (see the
+// async reader in `proto::frame`).
+use crate::proto::frame::READ_FIRST;
 use crate::proto::{Frame, FrameCodec, FrameKind, MAX_FRAME};
 
 /// Buffer room kept for reads (more when a frame is larger).
 const READ_CHUNK: usize = 256 * 1024;
-/// Bytes asked of the socket when no frame is under way: enough for a batch
-/// of small frames, and little to copy when it turns out to be the start of
-/// a large one (whose buffer is then allocated at its full size).
-const READ_FIRST: usize = 64 * 1024;
+
 /// Segments handed to one vectored write.
 const IOV_MAX: usize = 64;
 /// Data sections smaller than this are copied beside their header (one

@@ -171,6 +171,59 @@ impl Encoder<Frame> for FrameCodec {
     }
 }
 
+/// Buffer room an `AsyncFrameReader` keeps for reads (more for a larger frame).
+const READ_CHUNK: usize = 256 * 1024;
+/// Bytes an `AsyncFrameReader` asks for when no frame is under way: enough for a
+/// batch of small frames, and little to move when it turns out to be the
+/// start of a large one (whose buffer the decoder then allocates whole).
+pub const READ_FIRST: usize = 64 * 1024;
+
+/// Reads frames from an async byte stream (the client's side of a brick
+/// connection). Cancel-safe: what was read stays buffered.
+pub struct AsyncFrameReader<R> {
+    rd: R,
+    buf: BytesMut,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> AsyncFrameReader<R> {
+    /// A reader on `rd`.
+    pub fn new(rd: R) -> AsyncFrameReader<R> {
+        AsyncFrameReader {
+            rd,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+        }
+    }
+
+    /// The next frame; `None` at a clean end of stream; a bad frame or an
+    /// end in mid-frame is an error.
+    pub async fn next(&mut self) -> std::io::Result<Option<Frame>> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(f) = FrameCodec.decode(&mut self.buf)? {
+                return Ok(Some(f));
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            let n = if self.buf.is_empty() {
+                (&mut self.rd)
+                    .take(READ_FIRST as u64)
+                    .read_buf(&mut self.buf)
+                    .await?
+            } else {
+                self.rd.read_buf(&mut self.buf).await?
+            };
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(std::io::ErrorKind::UnexpectedEof.into())
+                };
+            }
+        }
+    }
+}
+
 /// Data sections at least this large are written from their own buffer;
 /// smaller ones are copied beside their header.
 const SINK_INLINE: usize = 16 * 1024;
@@ -488,5 +541,43 @@ mod tests {
         let mut short = BytesMut::from(&[0, 0, 0, 20, 0][..]);
         assert!(codec.decode(&mut short).unwrap().is_none());
         assert!(decode_meta::<Request>(&[0xff; 40]).is_err());
+    }
+
+    #[tokio::test]
+    async fn async_reader_splits_small_and_large_frames() {
+        use tokio::io::AsyncWriteExt;
+        let (mut tx, rx) = tokio::io::duplex(8192);
+        let big = Bytes::from(vec![7u8; 3 * READ_FIRST + 5]);
+        let mut wire = BytesMut::new();
+        for (xid, data) in [
+            (1, Bytes::from_static(b"a")),
+            (2, big.clone()),
+            (3, Bytes::new()),
+        ] {
+            let f = Frame::request(xid, &Request::Ping, data).unwrap();
+            FrameCodec.encode(f, &mut wire).unwrap();
+        }
+        let writer = tokio::spawn(async move {
+            // Dribble it out in odd pieces, then end the stream.
+            for chunk in wire.chunks(1000) {
+                tx.write_all(chunk).await.unwrap();
+            }
+        });
+        let mut r = AsyncFrameReader::new(rx);
+        let mut got = Vec::new();
+        while let Some(f) = r.next().await.unwrap() {
+            got.push((f.xid, f.data));
+        }
+        writer.await.unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0], (1, Bytes::from_static(b"a")));
+        assert_eq!(got[1], (2, big));
+        assert_eq!(got[2], (3, Bytes::new()));
+
+        // A stream cut in mid-frame is an error, not a clean end.
+        let (mut tx, rx) = tokio::io::duplex(64);
+        tx.write_all(&[0, 0, 0, 40, 0, 1]).await.unwrap();
+        drop(tx);
+        assert!(AsyncFrameReader::new(rx).next().await.is_err());
     }
 }

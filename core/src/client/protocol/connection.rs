@@ -3,7 +3,6 @@
 //! declares the brick dead after `network.ping-timeout` of silence.
 
 use bytes::Bytes;
-use futures::StreamExt;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,11 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tokio_util::codec::FramedRead;
 
 use crate::error::{FsError, FsResult};
-use crate::proto::frame::{encode_meta, FrameSink};
-use crate::proto::{FrameCodec, FrameKind, Reply, Request};
+use crate::proto::frame::{encode_meta, AsyncFrameReader, FrameSink};
+use crate::proto::{FrameKind, Reply, Request};
 
 /// How long a request sent with `send_only` may wait for another request
 /// to take it along.
@@ -70,14 +68,14 @@ impl Connection {
         // Reader: dispatch replies.
         let c = conn.clone();
         tokio::spawn(async move {
-            let mut stream = FramedRead::with_capacity(rd, FrameCodec, 256 * 1024);
+            let mut stream = AsyncFrameReader::new(rd);
             loop {
                 let next = tokio::select! {
                     n = stream.next() => n,
                     _ = c.wait_closed() => break,
                 };
                 match next {
-                    Some(Ok(frame)) => {
+                    Ok(Some(frame)) => {
                         *c.last_rx.lock() = Instant::now();
                         if frame.kind != FrameKind::Reply {
                             c.kill("brick sent a request frame");
@@ -93,12 +91,12 @@ impl Connection {
                             let _ = w.send(res);
                         }
                     }
-                    Some(Err(e)) => {
+                    Err(e) => {
                         tracing::warn!(brick = %c.label, "bad frame from brick: {e}");
                         c.kill("bad frame");
                         break;
                     }
-                    None => {
+                    Ok(None) => {
                         c.kill("connection closed by brick");
                         break;
                     }
