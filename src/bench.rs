@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 const USAGE: &str = "usage: kiln bench MOUNT_PATH [--local DIR] [--size-mib N] [--files N] \
-[--file-kib N] [--tree DIRSxFILES] [--json]
+[--file-kib N] [--tree DIRSxFILES] [--rounds N] [--json]
 
 Runs the same workload in MOUNT_PATH (a Kiln mount) and in a local directory
 (default: $TMPDIR or /var/tmp; put it on the bricks' disk for a fair ratio):
@@ -18,8 +18,12 @@ Runs the same workload in MOUNT_PATH (a Kiln mount) and in a local directory
   sequential read of it, --files (default 5000) files of --file-kib KiB
   (default 4): create, stat, ls -l (readdir + stat of every entry), delete;
   a tree of --tree dirs x files (default 50x100) of 1 KiB files: create, read.
-As root, page caches are dropped (echo 3 > /proc/sys/vm/drop_caches) before
-every reading phase; otherwise they are not, and the output says so.";
+Both sides run --rounds times (default 2) in alternating order (kiln, local,
+then local, kiln, ...), so neither always gets the disk's burst or its
+aftermath; each figure is the mean, and every sample is printed too.
+As root, page caches are synced and dropped (echo 3 > /proc/sys/vm/drop_caches)
+before the sequential write and before every reading phase; otherwise they
+are not, and the output says so.";
 
 /// Parsed command line.
 #[derive(Debug, Clone)]
@@ -31,6 +35,7 @@ struct Opts {
     file_kib: usize,
     tree_dirs: usize,
     tree_files: usize,
+    rounds: usize,
     json: bool,
 }
 
@@ -46,6 +51,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         file_kib: 4,
         tree_dirs: 50,
         tree_files: 100,
+        rounds: 2,
         json: false,
     };
     let mut it = args.iter();
@@ -72,6 +78,7 @@ fn parse(args: &[String]) -> Result<Opts> {
                 o.tree_dirs = d.parse().context("--tree dirs")?;
                 o.tree_files = f.parse().context("--tree files")?;
             }
+            "--rounds" => o.rounds = value("--rounds")?.parse().context("--rounds")?,
             "--json" => o.json = true,
             s if s.starts_with('-') => bail!("unknown option {s}\n{USAGE}"),
             s => {
@@ -82,19 +89,58 @@ fn parse(args: &[String]) -> Result<Opts> {
         }
     }
     o.mount = mount.with_context(|| format!("missing MOUNT_PATH\n{USAGE}"))?;
-    if o.size_mib == 0 || o.files == 0 || o.tree_dirs == 0 || o.tree_files == 0 {
+    if o.size_mib == 0 || o.files == 0 || o.tree_dirs == 0 || o.tree_files == 0 || o.rounds == 0 {
         bail!("sizes and counts must be at least 1");
     }
     Ok(o)
 }
 
-/// One measured figure on both targets.
+/// One measured figure on both targets (means of the samples).
 #[derive(Debug, Clone)]
 struct Row {
     metric: String,
     unit: &'static str,
     kiln: f64,
     local: f64,
+    kiln_samples: Vec<f64>,
+    local_samples: Vec<f64>,
+}
+
+/// Which side a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Kiln,
+    Local,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Kiln => "kiln",
+            Side::Local => "local",
+        }
+    }
+}
+
+/// The run order: kiln first in even rounds, local first in odd ones.
+fn run_order(rounds: usize) -> Vec<Side> {
+    (0..rounds)
+        .flat_map(|r| {
+            if r % 2 == 0 {
+                [Side::Kiln, Side::Local]
+            } else {
+                [Side::Local, Side::Kiln]
+            }
+        })
+        .collect()
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
 }
 
 /// Runs the benchmark with the arguments after `kiln bench`.
@@ -109,24 +155,36 @@ pub fn run(args: &[String]) -> Result<()> {
     if !drop_caches {
         eprintln!("kiln bench: not root: page caches are NOT dropped between phases");
     }
-    let tag = format!("kiln-bench-{}", std::process::id());
-    let kiln_dir = o.mount.join(&tag);
-    let local_dir = o.local.join(&tag);
-    let kiln = measure("kiln", &kiln_dir, &o, drop_caches);
-    let _ = fs::remove_dir_all(&kiln_dir);
-    let kiln = kiln?;
-    let local = measure("local", &local_dir, &o, drop_caches);
-    let _ = fs::remove_dir_all(&local_dir);
-    let local = local?;
+    let order = run_order(o.rounds);
+    let mut kiln_runs: Vec<Figures> = Vec::new();
+    let mut local_runs: Vec<Figures> = Vec::new();
+    for (i, side) in order.iter().enumerate() {
+        let tag = format!("kiln-bench-{}-{i}", std::process::id());
+        let (base, runs) = match side {
+            Side::Kiln => (&o.mount, &mut kiln_runs),
+            Side::Local => (&o.local, &mut local_runs),
+        };
+        let dir = base.join(&tag);
+        let label = format!("{} (run {} of {})", side.name(), i + 1, order.len());
+        let figs = measure(&label, &dir, &o, drop_caches);
+        let _ = fs::remove_dir_all(&dir);
+        runs.push(figs?);
+    }
 
-    let rows: Vec<Row> = kiln
-        .into_iter()
-        .zip(local)
-        .map(|((metric, unit, k), (_, _, l))| Row {
-            metric,
-            unit,
-            kiln: k,
-            local: l,
+    let rows: Vec<Row> = kiln_runs[0]
+        .iter()
+        .enumerate()
+        .map(|(i, (metric, unit, _))| {
+            let kiln_samples: Vec<f64> = kiln_runs.iter().map(|f| f[i].2).collect();
+            let local_samples: Vec<f64> = local_runs.iter().map(|f| f[i].2).collect();
+            Row {
+                metric: metric.clone(),
+                unit,
+                kiln: mean(&kiln_samples),
+                local: mean(&local_samples),
+                kiln_samples,
+                local_samples,
+            }
         })
         .collect();
     if o.json {
@@ -161,7 +219,9 @@ fn measure(label: &str, dir: &Path, o: &Opts, drop: bool) -> Result<Figures> {
     let mut out = Figures::new();
     let step = |what: &str| eprintln!("kiln bench: {label}: {what}");
 
-    // Sequential write with fsync, then read.
+    // Sequential write with fsync, then read; both sides start from a
+    // clean page cache with nothing else left to write back.
+    drop_page_caches(drop);
     step("sequential write");
     let big = dir.join("seq.dat");
     let bytes = o.size_mib * 1024 * 1024;
@@ -353,8 +413,14 @@ fn print_table(o: &Opts, dropped: bool, rows: &[Row]) {
     println!("kiln:  {}", o.mount.display());
     println!("local: {} ({})", o.local.display(), describe_fs(&o.local));
     println!(
-        "page caches dropped before reads: {}",
+        "page caches dropped before writes and reads: {}",
         if dropped { "yes" } else { "no (not root)" }
+    );
+    let order: Vec<&str> = run_order(o.rounds).iter().map(|s| s.name()).collect();
+    println!(
+        "runs: {} (each figure is the mean of {} runs per side)",
+        order.join(", "),
+        o.rounds
     );
     println!();
     println!(
@@ -371,6 +437,25 @@ fn print_table(o: &Opts, dropped: bool, rows: &[Row]) {
             ratio(r) * 100.0
         );
     }
+    if o.rounds > 1 {
+        println!();
+        println!("samples, in run order (kiln | local):");
+        for r in rows {
+            println!(
+                "{:<34} {} | {}",
+                r.metric,
+                samples(&r.kiln_samples),
+                samples(&r.local_samples)
+            );
+        }
+    }
+}
+
+fn samples(v: &[f64]) -> String {
+    v.iter()
+        .map(|x| format!("{x:.1}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn print_json(o: &Opts, dropped: bool, rows: &[Row]) {
@@ -378,22 +463,37 @@ fn print_json(o: &Opts, dropped: bool, rows: &[Row]) {
         .iter()
         .map(|r| {
             format!(
-                "{{\"metric\":{},\"unit\":{},\"kiln\":{:.3},\"local\":{:.3},\"ratio\":{:.4}}}",
+                "{{\"metric\":{},\"unit\":{},\"kiln\":{:.3},\"local\":{:.3},\"ratio\":{:.4},\"kiln_samples\":[{}],\"local_samples\":[{}]}}",
                 json_str(&r.metric),
                 json_str(r.unit),
                 r.kiln,
                 r.local,
-                ratio(r)
+                ratio(r),
+                json_nums(&r.kiln_samples),
+                json_nums(&r.local_samples)
             )
         })
         .collect();
+    let order: Vec<String> = run_order(o.rounds)
+        .iter()
+        .map(|s| json_str(s.name()))
+        .collect();
     println!(
-        "{{\"kiln_path\":{},\"local_path\":{},\"caches_dropped\":{},\"results\":[{}]}}",
+        "{{\"kiln_path\":{},\"local_path\":{},\"caches_dropped\":{},\"rounds\":{},\"order\":[{}],\"results\":[{}]}}",
         json_str(&o.mount.to_string_lossy()),
         json_str(&o.local.to_string_lossy()),
         dropped,
+        o.rounds,
+        order.join(","),
         items.join(",")
     );
+}
+
+fn json_nums(v: &[f64]) -> String {
+    v.iter()
+        .map(|x| format!("{x:.3}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn json_str(s: &str) -> String {
@@ -449,6 +549,9 @@ mod tests {
             (o.size_mib, o.files, o.tree_dirs, o.tree_files, o.json),
             (8, 10, 2, 3, true)
         );
+        assert_eq!(o.rounds, 2);
+        assert_eq!(parse(&args("/a --rounds 3")).unwrap().rounds, 3);
+        assert!(parse(&args("/a --rounds 0")).is_err());
         assert!(parse(&args("--files 3")).is_err());
         assert!(parse(&args("/a /b")).is_err());
         assert!(parse(&args("/a --tree 5")).is_err());
@@ -472,6 +575,14 @@ mod tests {
         assert!(figs.iter().all(|(_, _, v)| *v > 0.0), "{figs:?}");
         assert!(!a.join("run").exists(), "bench leaves its dir behind");
         fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn runs_alternate_sides() {
+        use Side::*;
+        assert_eq!(run_order(1), [Kiln, Local]);
+        assert_eq!(run_order(3), [Kiln, Local, Local, Kiln, Kiln, Local]);
+        assert_eq!(mean(&[1.0, 2.0, 6.0]), 3.0);
     }
 
     #[test]
