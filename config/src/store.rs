@@ -52,7 +52,10 @@ impl MemoryStore {
     /// An empty store.
     pub fn new() -> MemoryStore {
         let (tx, _) = watch::channel(PoolConfig::default());
-        MemoryStore { state: Mutex::new(PoolConfig::default()), tx }
+        MemoryStore {
+            state: Mutex::new(PoolConfig::default()),
+            tx,
+        }
     }
 }
 
@@ -74,7 +77,10 @@ impl ConfigStore for MemoryStore {
 
     async fn propose(&self, cmd: Command) -> Result<(), StoreError> {
         let snapshot = {
-            let mut st = self.state.lock().map_err(|_| StoreError::Storage("poisoned".into()))?;
+            let mut st = self
+                .state
+                .lock()
+                .map_err(|_| StoreError::Storage("poisoned".into()))?;
             st.apply(&cmd)?;
             st.clone()
         };

@@ -9,9 +9,9 @@ pub(crate) mod store;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod tests_pool;
-#[cfg(test)]
 mod tests_nfs;
+#[cfg(test)]
+mod tests_pool;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -236,7 +236,8 @@ impl Daemon {
         if !self.store.is_member() {
             return;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.store.propose(Command::Noop)).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), self.store.propose(Command::Noop)).await;
     }
 
     /// Sends a peer request to the server `uuid` (handled in-process when it

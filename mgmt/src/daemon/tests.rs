@@ -123,7 +123,10 @@ async fn single_server_volume_lifecycle() {
     let cfg = d.store.current();
     let ports: Vec<u16> = cfg.volumes["vol1"].bricks.iter().map(|b| b.port).collect();
     // Handed out from 24009 upward, skipping ports other processes hold.
-    assert!(ports.iter().all(|p| *p >= 24009) && ports[0] != ports[1], "{ports:?}");
+    assert!(
+        ports.iter().all(|p| *p >= 24009) && ports[0] != ports[1],
+        "{ports:?}"
+    );
     let (code, out) = cli(&d, "volume start vol1").await;
     assert_eq!(code, 1);
     assert!(out.contains("already started"), "{out}");
@@ -181,7 +184,10 @@ async fn single_server_volume_lifecycle() {
     let (_, out) = cli(&d, "volume status vol1").await;
     let pid1b = brick_pid(&out, "/b1").expect("brick 1 back");
     assert_ne!(pid1, pid1b);
-    assert!(out.contains(&ports[0].to_string()), "same port again:\n{out}");
+    assert!(
+        out.contains(&ports[0].to_string()),
+        "same port again:\n{out}"
+    );
 
     let (code, out) = cli(&d, "volume info").await;
     assert_eq!(code, 0);
@@ -288,18 +294,42 @@ async fn create_refusals() {
 
     // Replicated volumes: with force, two bricks of a set on one server.
     let bricks: Vec<String> = (0..6).map(|i| format!("{ip}:{p}/r{i}")).collect();
-    let (code, out) = cli(&d, &format!("volume create rep replica 2 {} {} force", bricks[0], bricks[1])).await;
+    let (code, out) = cli(
+        &d,
+        &format!(
+            "volume create rep replica 2 {} {} force",
+            bricks[0], bricks[1]
+        ),
+    )
+    .await;
     assert_eq!(code, 0, "{out}");
     let (code, out) = cli(&d, "volume info rep").await;
     assert_eq!(code, 0);
-    assert!(out.contains("\nType: Replicate\n") && out.contains("\nNumber of Bricks: 1 x 2 = 2\n"), "{out}");
-    let (code, out) = cli(&d, &format!("volume create drep replica 2 {} force", bricks[2..].join(" "))).await;
+    assert!(
+        out.contains("\nType: Replicate\n") && out.contains("\nNumber of Bricks: 1 x 2 = 2\n"),
+        "{out}"
+    );
+    let (code, out) = cli(
+        &d,
+        &format!(
+            "volume create drep replica 2 {} force",
+            bricks[2..].join(" ")
+        ),
+    )
+    .await;
     assert_eq!(code, 0, "{out}");
     let (_, out) = cli(&d, "volume info drep").await;
-    assert!(out.contains("\nType: Distributed-Replicate\n") && out.contains("\nNumber of Bricks: 2 x 2 = 4\n"), "{out}");
+    assert!(
+        out.contains("\nType: Distributed-Replicate\n")
+            && out.contains("\nNumber of Bricks: 2 x 2 = 4\n"),
+        "{out}"
+    );
     let cfg = d.store.current();
     assert_eq!(cfg.volumes["rep"].replica_count(), 2);
-    assert_eq!(cfg.volumes["rep"].spec().kind, kiln_core::graph::VolumeKind::Replicate { replica: 2 });
+    assert_eq!(
+        cfg.volumes["rep"].spec().kind,
+        kiln_core::graph::VolumeKind::Replicate { replica: 2 }
+    );
     d.shutdown().await;
 }
 

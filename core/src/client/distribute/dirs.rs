@@ -23,7 +23,10 @@ const CHILD_MASK: u64 = (1 << SUBVOL_SHIFT) - 1;
 
 /// One subvolume's view of a directory during discovery.
 enum Copy {
-    Present { iatt: Iatt, ranges: Option<SubvolRanges> },
+    Present {
+        iatt: Iatt,
+        ranges: Option<SubvolRanges>,
+    },
     Missing,
     Down,
 }
@@ -48,8 +51,14 @@ impl Distribute {
             copies.push(match r {
                 Ok(l) if !l.iatt.is_dir() => return Err(FsError::NotDir),
                 Ok(l) => {
-                    let ranges = l.xattrs.get(DHT_LAYOUT).and_then(|v| SubvolRanges::decode(v).ok());
-                    Copy::Present { iatt: l.iatt, ranges }
+                    let ranges = l
+                        .xattrs
+                        .get(DHT_LAYOUT)
+                        .and_then(|v| SubvolRanges::decode(v).ok());
+                    Copy::Present {
+                        iatt: l.iatt,
+                        ranges,
+                    }
                 }
                 Err(FsError::NotFound) | Err(FsError::Stale) => Copy::Missing,
                 Err(e) if e.is_disconnect() => Copy::Down,
@@ -61,7 +70,12 @@ impl Distribute {
 
     /// Given every subvolume's copy of a directory, heals missing copies (when
     /// `loc` names it) and missing layout xattrs, and caches the layout.
-    async fn settle_layout(&self, gfid: Gfid, loc: Option<&Loc>, copies: Vec<Copy>) -> FsResult<(Iatt, Arc<Layout>)> {
+    async fn settle_layout(
+        &self,
+        gfid: Gfid,
+        loc: Option<&Loc>,
+        copies: Vec<Copy>,
+    ) -> FsResult<(Iatt, Arc<Layout>)> {
         let Some(model) = copies.iter().find_map(|c| match c {
             Copy::Present { iatt, .. } => Some(iatt.clone()),
             _ => None,
@@ -72,12 +86,16 @@ impl Distribute {
             return Err(FsError::NotFound);
         };
         let default = Layout::new_default(gfid, self.n());
-        let mut layout = Layout { subvols: vec![SubvolRanges::default(); self.n()] };
+        let mut layout = Layout {
+            subvols: vec![SubvolRanges::default(); self.n()],
+        };
         let mut needs_xattr = Vec::new();
         let mut needs_copy = Vec::new();
         for (i, c) in copies.iter().enumerate() {
             match c {
-                Copy::Present { ranges: Some(r), .. } => layout.subvols[i] = r.clone(),
+                Copy::Present {
+                    ranges: Some(r), ..
+                } => layout.subvols[i] = r.clone(),
                 Copy::Present { ranges: None, .. } => needs_xattr.push(i),
                 Copy::Missing => needs_copy.push(i),
                 Copy::Down => {}
@@ -86,7 +104,9 @@ impl Distribute {
         // Subvolumes without a known range get their share of the default
         // layout when that fits what the others hold; if exactly one range
         // owner is unknown it takes whatever is left.
-        let unknown: Vec<usize> = (0..self.n()).filter(|i| layout.subvols[*i].ranges.is_empty()).collect();
+        let unknown: Vec<usize> = (0..self.n())
+            .filter(|i| layout.subvols[*i].ranges.is_empty())
+            .collect();
         if !unknown.is_empty() {
             let known_match_default = (0..self.n())
                 .filter(|i| !unknown.contains(i))
@@ -143,24 +163,24 @@ impl Distribute {
 
     /// Named lookup of a directory found on its hashed subvolume (`known`):
     /// gathers the other copies, heals, caches the layout.
-    pub(super) async fn lookup_dir(&self, loc: &Loc, hashed: usize, known: Lookup) -> FsResult<Lookup> {
+    pub(super) async fn lookup_dir(
+        &self,
+        loc: &Loc,
+        hashed: usize,
+        known: Lookup,
+    ) -> FsResult<Lookup> {
         let gfid = known.iatt.gfid;
         let xattrs = dht_xattrs();
-        let others = join_all(
-            self.children
-                .iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    let xattrs = &xattrs;
-                    async move {
-                        if i == hashed {
-                            None
-                        } else {
-                            Some(c.lookup(loc, xattrs).await)
-                        }
-                    }
-                }),
-        )
+        let others = join_all(self.children.iter().enumerate().map(|(i, c)| {
+            let xattrs = &xattrs;
+            async move {
+                if i == hashed {
+                    None
+                } else {
+                    Some(c.lookup(loc, xattrs).await)
+                }
+            }
+        }))
         .await;
         let mut results = Vec::with_capacity(self.n());
         let mut known = Some(known);
@@ -183,15 +203,24 @@ impl Distribute {
             .into_iter()
             .map(|r| match r {
                 Ok(l) => {
-                    let ranges = l.xattrs.get(DHT_LAYOUT).and_then(|v| SubvolRanges::decode(v).ok());
-                    Copy::Present { iatt: l.iatt, ranges }
+                    let ranges = l
+                        .xattrs
+                        .get(DHT_LAYOUT)
+                        .and_then(|v| SubvolRanges::decode(v).ok());
+                    Copy::Present {
+                        iatt: l.iatt,
+                        ranges,
+                    }
                 }
                 Err(FsError::NotFound) => Copy::Missing,
                 Err(_) => Copy::Down,
             })
             .collect();
         let (iatt, _) = self.settle_layout(gfid, Some(loc), copies).await?;
-        Ok(Lookup { iatt, xattrs: XattrMap::new() })
+        Ok(Lookup {
+            iatt,
+            xattrs: XattrMap::new(),
+        })
     }
 
     /// mkdir: on the hashed subvolume first (it must be up), then on the rest.
@@ -203,11 +232,18 @@ impl Distribute {
             ino.xattrs.extend(layout_xattr(&layout, i));
             ino
         };
-        let iatt = self.children[hashed].mkdir(loc, &with_layout(hashed)).await?;
-        let rest = self.children.iter().enumerate().filter(|(i, _)| *i != hashed).map(|(i, c)| {
-            let ino = with_layout(i);
-            async move { (i, c.mkdir(loc, &ino).await) }
-        });
+        let iatt = self.children[hashed]
+            .mkdir(loc, &with_layout(hashed))
+            .await?;
+        let rest = self
+            .children
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != hashed)
+            .map(|(i, c)| {
+                let ino = with_layout(i);
+                async move { (i, c.mkdir(loc, &ino).await) }
+            });
         for (i, r) in join_all(rest).await {
             if let Err(e) = r {
                 tracing::warn!(subvol = self.children[i].name(), dir = %loc.name, "mkdir of a directory copy failed ({e}); it will be healed on lookup");
@@ -283,12 +319,25 @@ impl Distribute {
         let Some(dirs_from) = children.iter().position(Option::is_some) else {
             return Err(last_err.unwrap_or(FsError::NotConnected(self.name.clone())));
         };
-        Ok(Fd::new(gfid, libc::O_RDONLY | libc::O_DIRECTORY, DirFd { children, dirs_from }))
+        Ok(Fd::new(
+            gfid,
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            DirFd {
+                children,
+                dirs_from,
+            },
+        ))
     }
 
     /// readdir merged across subvolumes: files from where they live (link
     /// files hidden), subdirectories from one copy only.
-    pub(super) async fn read_dir(&self, fd: &Fd, offset: u64, max: u32, plus: bool) -> FsResult<Vec<DirEntry>> {
+    pub(super) async fn read_dir(
+        &self,
+        fd: &Fd,
+        offset: u64,
+        max: u32,
+        plus: bool,
+    ) -> FsResult<Vec<DirEntry>> {
         let d = fd.state::<DirFd>().ok_or(FsError::BadFd)?;
         let mut idx = (offset >> SUBVOL_SHIFT) as usize;
         let mut coff = offset & CHILD_MASK;
@@ -298,7 +347,10 @@ impl Distribute {
                 coff = 0;
                 continue;
             };
-            let entries = match self.children[idx].readdir(child_fd, coff, max.max(1), true).await {
+            let entries = match self.children[idx]
+                .readdir(child_fd, coff, max.max(1), true)
+                .await
+            {
                 Ok(e) => e,
                 Err(e) if e.is_disconnect() => Vec::new(),
                 Err(e) => return Err(e),
@@ -343,18 +395,28 @@ impl Distribute {
 
 /// The ranges of the hash space no subvolume owns.
 fn gaps(layout: &Layout) -> Vec<super::layout::HashRange> {
-    let mut all: Vec<_> = layout.subvols.iter().flat_map(|s| s.ranges.iter().copied()).collect();
+    let mut all: Vec<_> = layout
+        .subvols
+        .iter()
+        .flat_map(|s| s.ranges.iter().copied())
+        .collect();
     all.sort_by_key(|r| r.start);
     let mut out = Vec::new();
     let mut next: u64 = 0;
     for r in all {
         if (r.start as u64) > next {
-            out.push(super::layout::HashRange { start: next as u32, end: r.start - 1 });
+            out.push(super::layout::HashRange {
+                start: next as u32,
+                end: r.start - 1,
+            });
         }
         next = next.max(r.end as u64 + 1);
     }
     if next < (1u64 << 32) {
-        out.push(super::layout::HashRange { start: next as u32, end: u32::MAX });
+        out.push(super::layout::HashRange {
+            start: next as u32,
+            end: u32::MAX,
+        });
     }
     out
 }

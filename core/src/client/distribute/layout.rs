@@ -91,10 +91,20 @@ impl Layout {
         let n = n.max(1);
         let rot = (name_hash(&gfid.0) as usize) % n;
         let step = (1u64 << 32) / n as u64;
-        let mut subvols = vec![SubvolRanges { commit: 1, ranges: Vec::new() }; n];
+        let mut subvols = vec![
+            SubvolRanges {
+                commit: 1,
+                ranges: Vec::new()
+            };
+            n
+        ];
         for k in 0..n {
             let start = (k as u64 * step) as u32;
-            let end = if k == n - 1 { u32::MAX } else { ((k as u64 + 1) * step - 1) as u32 };
+            let end = if k == n - 1 {
+                u32::MAX
+            } else {
+                ((k as u64 + 1) * step - 1) as u32
+            };
             subvols[(k + rot) % n].ranges.push(HashRange { start, end });
         }
         Layout { subvols }
@@ -114,7 +124,11 @@ impl Layout {
 
     /// True when the ranges cover the whole hash space without overlap.
     pub fn is_complete(&self) -> bool {
-        let mut all: Vec<HashRange> = self.subvols.iter().flat_map(|s| s.ranges.iter().copied()).collect();
+        let mut all: Vec<HashRange> = self
+            .subvols
+            .iter()
+            .flat_map(|s| s.ranges.iter().copied())
+            .collect();
         all.sort_by_key(|r| r.start);
         let mut next: u64 = 0;
         for r in all {

@@ -20,7 +20,9 @@ use crate::error::{FsError, FsResult};
 use crate::gfid::Gfid;
 use crate::iatt::{FileKind, Iatt, SetAttr, Statvfs};
 use crate::name::Name;
-use crate::proto::{DirEntry, EntryLk, FileLock, InodeLk, LockCmd, Loc, NewInode, XattrMap, XattropOp};
+use crate::proto::{
+    DirEntry, EntryLk, FileLock, InodeLk, Loc, LockCmd, NewInode, XattrMap, XattropOp,
+};
 use crate::xattr_names::{DHT_LAYOUT, DHT_LINKTO};
 use layout::Layout;
 
@@ -53,13 +55,21 @@ struct DirFd {
 /// True when an inode is a DHT link file (a pointer to the subvolume that
 /// really holds the data): zero-size, mode 01000, with a linkto xattr.
 pub(crate) fn is_linkfile(iatt: &Iatt, xattrs: &XattrMap) -> bool {
-    iatt.kind == FileKind::Regular && iatt.perm & 0o7777 == 0o1000 && iatt.size == 0 && xattrs.contains_key(DHT_LINKTO)
+    iatt.kind == FileKind::Regular
+        && iatt.perm & 0o7777 == 0o1000
+        && iatt.size == 0
+        && xattrs.contains_key(DHT_LINKTO)
 }
 
 impl Distribute {
     /// DHT over `children` (in subvolume order).
     pub fn new(name: String, children: Vec<Arc<dyn Xlator>>) -> Distribute {
-        Distribute { name, children, layouts: Mutex::new(HashMap::new()), located: Mutex::new(HashMap::new()) }
+        Distribute {
+            name,
+            children,
+            layouts: Mutex::new(HashMap::new()),
+            located: Mutex::new(HashMap::new()),
+        }
     }
 
     fn n(&self) -> usize {
@@ -67,7 +77,9 @@ impl Distribute {
     }
 
     fn child_index(&self, subvol_name: &[u8]) -> Option<usize> {
-        self.children.iter().position(|c| c.name().as_bytes() == subvol_name)
+        self.children
+            .iter()
+            .position(|c| c.name().as_bytes() == subvol_name)
     }
 
     fn remember_file(&self, gfid: Gfid, subvol: usize) {
@@ -174,7 +186,10 @@ impl Xlator for Distribute {
             Some(i) => self.children[i].lookup_gfid(gfid, &[]).await,
             None => {
                 let iatt = self.children[self.first_up()].stat(gfid).await?;
-                Ok(Lookup { iatt, xattrs: XattrMap::new() })
+                Ok(Lookup {
+                    iatt,
+                    xattrs: XattrMap::new(),
+                })
             }
         }
     }
@@ -189,7 +204,10 @@ impl Xlator for Distribute {
     async fn setattr(&self, gfid: Gfid, attr: &SetAttr) -> FsResult<Iatt> {
         match self.file_subvol(gfid).await? {
             Some(c) => c.setattr(gfid, attr).await,
-            None => self.on_all_dirs(|c| async move { c.setattr(gfid, attr).await }).await,
+            None => {
+                self.on_all_dirs(|c| async move { c.setattr(gfid, attr).await })
+                    .await
+            }
         }
     }
 
@@ -198,9 +216,17 @@ impl Xlator for Distribute {
         self.children[f.subvol].ftruncate(&f.child, size).await
     }
 
-    async fn create(&self, loc: &Loc, inode: &NewInode, flags: i32, exclusive: bool) -> FsResult<(Iatt, Fd)> {
+    async fn create(
+        &self,
+        loc: &Loc,
+        inode: &NewInode,
+        flags: i32,
+        exclusive: bool,
+    ) -> FsResult<(Iatt, Fd)> {
         let i = self.hashed_subvol(loc).await?;
-        let (iatt, child) = self.children[i].create(loc, inode, flags, exclusive).await?;
+        let (iatt, child) = self.children[i]
+            .create(loc, inode, flags, exclusive)
+            .await?;
         self.remember_file(iatt.gfid, i);
         let fd = Fd::new(iatt.gfid, flags, FileFd { subvol: i, child });
         Ok((iatt, fd))
@@ -286,7 +312,11 @@ impl Xlator for Distribute {
             return self.children[f.subvol].release(&f.child).await;
         }
         if let Some(d) = fd.state::<DirFd>() {
-            let jobs = d.children.iter().enumerate().filter_map(|(i, c)| c.as_ref().map(|c| self.children[i].release(c)));
+            let jobs = d
+                .children
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| c.as_ref().map(|c| self.children[i].release(c)));
             join_all(jobs).await;
             return Ok(());
         }
@@ -297,7 +327,13 @@ impl Xlator for Distribute {
         self.open_dir(gfid).await
     }
 
-    async fn readdir(&self, fd: &Fd, offset: u64, max_entries: u32, plus: bool) -> FsResult<Vec<DirEntry>> {
+    async fn readdir(
+        &self,
+        fd: &Fd,
+        offset: u64,
+        max_entries: u32,
+        plus: bool,
+    ) -> FsResult<Vec<DirEntry>> {
         self.read_dir(fd, offset, max_entries, plus).await
     }
 
@@ -318,14 +354,20 @@ impl Xlator for Distribute {
     async fn setxattr(&self, gfid: Gfid, xattrs: &XattrMap, flags: i32) -> FsResult<()> {
         match self.file_subvol(gfid).await? {
             Some(c) => c.setxattr(gfid, xattrs, flags).await,
-            None => self.on_all_dirs(|c| async move { c.setxattr(gfid, xattrs, flags).await }).await,
+            None => {
+                self.on_all_dirs(|c| async move { c.setxattr(gfid, xattrs, flags).await })
+                    .await
+            }
         }
     }
 
     async fn removexattr(&self, gfid: Gfid, name: &str) -> FsResult<()> {
         match self.file_subvol(gfid).await? {
             Some(c) => c.removexattr(gfid, name).await,
-            None => self.on_all_dirs(|c| async move { c.removexattr(gfid, name).await }).await,
+            None => {
+                self.on_all_dirs(|c| async move { c.removexattr(gfid, name).await })
+                    .await
+            }
         }
     }
 
@@ -336,9 +378,20 @@ impl Xlator for Distribute {
         for r in results {
             match r {
                 Ok(s) => {
-                    let t = total.get_or_insert(Statvfs { bsize: s.bsize, frsize: s.frsize, namemax: s.namemax, ..Default::default() });
+                    let t = total.get_or_insert(Statvfs {
+                        bsize: s.bsize,
+                        frsize: s.frsize,
+                        namemax: s.namemax,
+                        ..Default::default()
+                    });
                     // Express every brick's blocks in the first brick's unit.
-                    let scale = |b: u64| if t.frsize == 0 { b } else { b.saturating_mul(s.frsize) / t.frsize };
+                    let scale = |b: u64| {
+                        if t.frsize == 0 {
+                            b
+                        } else {
+                            b.saturating_mul(s.frsize) / t.frsize
+                        }
+                    };
                     t.blocks += scale(s.blocks);
                     t.bfree += scale(s.bfree);
                     t.bavail += scale(s.bavail);
@@ -359,7 +412,9 @@ impl Xlator for Distribute {
 
     async fn fallocate(&self, fd: &Fd, mode: i32, offset: u64, len: u64) -> FsResult<()> {
         let f = self.file_fd(fd)?;
-        self.children[f.subvol].fallocate(&f.child, mode, offset, len).await
+        self.children[f.subvol]
+            .fallocate(&f.child, mode, offset, len)
+            .await
     }
 
     // Internal operations go where the inode lives (a directory: everywhere).
@@ -367,24 +422,38 @@ impl Xlator for Distribute {
     async fn inodelk(&self, gfid: Gfid, lock: &InodeLk) -> FsResult<()> {
         match self.file_subvol(gfid).await? {
             Some(c) => c.inodelk(gfid, lock).await,
-            None => self.on_all_dirs(|c| async move { c.inodelk(gfid, lock).await }).await,
+            None => {
+                self.on_all_dirs(|c| async move { c.inodelk(gfid, lock).await })
+                    .await
+            }
         }
     }
 
     async fn entrylk(&self, parent: Gfid, name: Option<&Name>, lock: &EntryLk) -> FsResult<()> {
         match name {
             Some(n) => {
-                let i = self.hashed_subvol(&Loc { parent, name: n.clone() }).await?;
+                let i = self
+                    .hashed_subvol(&Loc {
+                        parent,
+                        name: n.clone(),
+                    })
+                    .await?;
                 self.children[i].entrylk(parent, name, lock).await
             }
-            None => self.on_all_dirs(|c| async move { c.entrylk(parent, None, lock).await }).await,
+            None => {
+                self.on_all_dirs(|c| async move { c.entrylk(parent, None, lock).await })
+                    .await
+            }
         }
     }
 
     async fn xattrop(&self, gfid: Gfid, op: XattropOp, xattrs: &XattrMap) -> FsResult<XattrMap> {
         match self.file_subvol(gfid).await? {
             Some(c) => c.xattrop(gfid, op, xattrs).await,
-            None => self.on_all_dirs(|c| async move { c.xattrop(gfid, op, xattrs).await }).await,
+            None => {
+                self.on_all_dirs(|c| async move { c.xattrop(gfid, op, xattrs).await })
+                    .await
+            }
         }
     }
 }

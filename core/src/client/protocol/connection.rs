@@ -39,7 +39,11 @@ pub(crate) struct Connection {
 
 impl Connection {
     /// Opens a connection to `addr` and starts its tasks (no handshake yet).
-    pub(crate) fn start(label: String, stream: TcpStream, ping_timeout: Duration) -> Arc<Connection> {
+    pub(crate) fn start(
+        label: String,
+        stream: TcpStream,
+        ping_timeout: Duration,
+    ) -> Arc<Connection> {
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
         let sink = FrameSink::new(wr);
@@ -107,7 +111,8 @@ impl Connection {
         // Pinger: a silent brick is dead after ping_timeout.
         let c = Arc::downgrade(&conn);
         tokio::spawn(async move {
-            let interval = (ping_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
+            let interval =
+                (ping_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
             loop {
                 tokio::time::sleep(interval).await;
                 let Some(c) = c.upgrade() else { break };
@@ -171,7 +176,11 @@ impl Connection {
         }
         let xid = self.next_xid.fetch_add(1, Ordering::Relaxed);
         let meta = encode_meta(&req)?;
-        if self.sink.send_lazy(FrameKind::Request, xid, &meta, Bytes::new()).is_err() {
+        if self
+            .sink
+            .send_lazy(FrameKind::Request, xid, &meta, Bytes::new())
+            .is_err()
+        {
             self.kill("write failed");
             return Err(FsError::NotConnected(self.label.clone()));
         }
@@ -190,7 +199,11 @@ impl Connection {
         }
         let (wtx, wrx) = oneshot::channel();
         self.pending.lock().insert(xid, wtx);
-        if self.sink.send(FrameKind::Request, xid, &meta, data).is_err() {
+        if self
+            .sink
+            .send(FrameKind::Request, xid, &meta, data)
+            .is_err()
+        {
             self.pending.lock().remove(&xid);
             self.kill("write failed");
             return Err(FsError::NotConnected(self.label.clone()));

@@ -15,7 +15,7 @@ use crate::gfid::Gfid;
 use crate::iatt::{Iatt, SetAttr, Statvfs};
 use crate::name::Name;
 use crate::proto::{
-    DirEntry, EntryLk, FileLock, InodeLk, LockCmd, Loc, NewInode, Reply, Request, XattrMap,
+    DirEntry, EntryLk, FileLock, InodeLk, Loc, LockCmd, NewInode, Reply, Request, XattrMap,
     XattropOp,
 };
 
@@ -64,7 +64,10 @@ impl ProtocolClient {
         let req = if rfd.is_dir {
             Request::Opendir { gfid: fd.gfid }
         } else {
-            Request::Open { gfid: fd.gfid, flags: fd.flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC) }
+            Request::Open {
+                gfid: fd.gfid,
+                flags: fd.flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC),
+            }
         };
         match conn.call(req, Bytes::new()).await?.0 {
             Reply::Opened { fd: n } => {
@@ -78,10 +81,22 @@ impl ProtocolClient {
 
     fn new_fd(&self, gfid: Gfid, flags: i32, n: u64, is_dir: bool) -> Fd {
         let gen = self.shared.current.lock().1;
-        Fd::new(gfid, flags, RemoteFd { slot: Mutex::new((gen, n)), is_dir })
+        Fd::new(
+            gfid,
+            flags,
+            RemoteFd {
+                slot: Mutex::new((gen, n)),
+                is_dir,
+            },
+        )
     }
 
-    async fn fd_call(&self, fd: &Fd, make: impl FnOnce(u64) -> Request, data: Bytes) -> FsResult<(Reply, Bytes)> {
+    async fn fd_call(
+        &self,
+        fd: &Fd,
+        make: impl FnOnce(u64) -> Request,
+        data: Bytes,
+    ) -> FsResult<(Reply, Bytes)> {
         let (conn, n) = self.remote_fd(fd).await?;
         conn.call(make(n), data).await
     }
@@ -95,15 +110,24 @@ impl Xlator for ProtocolClient {
 
     fn is_up(&self) -> bool {
         let cur = self.shared.current.lock();
-        cur.0.as_ref().is_some_and(|c| !c.is_dead()) || !self.shared.first_attempt_done.load(Ordering::Acquire)
+        cur.0.as_ref().is_some_and(|c| !c.is_dead())
+            || !self.shared.first_attempt_done.load(Ordering::Acquire)
     }
 
     async fn lookup(&self, loc: &Loc, xattrs: &[String]) -> FsResult<Lookup> {
-        self.entry(Request::Lookup { loc: loc.clone(), xattrs: xattrs.to_vec() }).await
+        self.entry(Request::Lookup {
+            loc: loc.clone(),
+            xattrs: xattrs.to_vec(),
+        })
+        .await
     }
 
     async fn lookup_gfid(&self, gfid: Gfid, xattrs: &[String]) -> FsResult<Lookup> {
-        self.entry(Request::LookupGfid { gfid, xattrs: xattrs.to_vec() }).await
+        self.entry(Request::LookupGfid {
+            gfid,
+            xattrs: xattrs.to_vec(),
+        })
+        .await
     }
 
     async fn stat(&self, gfid: Gfid) -> FsResult<Iatt> {
@@ -111,18 +135,37 @@ impl Xlator for ProtocolClient {
     }
 
     async fn setattr(&self, gfid: Gfid, attr: &SetAttr) -> FsResult<Iatt> {
-        self.attr(Request::Setattr { gfid, attr: attr.clone() }).await
+        self.attr(Request::Setattr {
+            gfid,
+            attr: attr.clone(),
+        })
+        .await
     }
 
     async fn ftruncate(&self, fd: &Fd, size: u64) -> FsResult<Iatt> {
-        match self.fd_call(fd, |n| Request::Ftruncate { fd: n, size }, Bytes::new()).await?.0 {
+        match self
+            .fd_call(fd, |n| Request::Ftruncate { fd: n, size }, Bytes::new())
+            .await?
+            .0
+        {
             Reply::Attr { iatt } => Ok(iatt),
             r => Err(unexpected(r)),
         }
     }
 
-    async fn create(&self, loc: &Loc, inode: &NewInode, flags: i32, exclusive: bool) -> FsResult<(Iatt, Fd)> {
-        let req = Request::Create { loc: loc.clone(), inode: inode.clone(), flags, exclusive };
+    async fn create(
+        &self,
+        loc: &Loc,
+        inode: &NewInode,
+        flags: i32,
+        exclusive: bool,
+    ) -> FsResult<(Iatt, Fd)> {
+        let req = Request::Create {
+            loc: loc.clone(),
+            inode: inode.clone(),
+            flags,
+            exclusive,
+        };
         match self.call(req, Bytes::new()).await?.0 {
             Reply::Created { iatt, fd } => {
                 let f = self.new_fd(iatt.gfid, flags, fd, false);
@@ -133,19 +176,45 @@ impl Xlator for ProtocolClient {
     }
 
     async fn mknod(&self, loc: &Loc, inode: &NewInode, rdev: u64) -> FsResult<Iatt> {
-        Ok(self.entry(Request::Mknod { loc: loc.clone(), inode: inode.clone(), rdev }).await?.iatt)
+        Ok(self
+            .entry(Request::Mknod {
+                loc: loc.clone(),
+                inode: inode.clone(),
+                rdev,
+            })
+            .await?
+            .iatt)
     }
 
     async fn mkdir(&self, loc: &Loc, inode: &NewInode) -> FsResult<Iatt> {
-        Ok(self.entry(Request::Mkdir { loc: loc.clone(), inode: inode.clone() }).await?.iatt)
+        Ok(self
+            .entry(Request::Mkdir {
+                loc: loc.clone(),
+                inode: inode.clone(),
+            })
+            .await?
+            .iatt)
     }
 
     async fn symlink(&self, loc: &Loc, inode: &NewInode, target: &[u8]) -> FsResult<Iatt> {
-        Ok(self.entry(Request::Symlink { loc: loc.clone(), inode: inode.clone(), target: target.to_vec() }).await?.iatt)
+        Ok(self
+            .entry(Request::Symlink {
+                loc: loc.clone(),
+                inode: inode.clone(),
+                target: target.to_vec(),
+            })
+            .await?
+            .iatt)
     }
 
     async fn link(&self, gfid: Gfid, loc: &Loc) -> FsResult<Iatt> {
-        Ok(self.entry(Request::Link { gfid, loc: loc.clone() }).await?.iatt)
+        Ok(self
+            .entry(Request::Link {
+                gfid,
+                loc: loc.clone(),
+            })
+            .await?
+            .iatt)
     }
 
     async fn unlink(&self, loc: &Loc) -> FsResult<()> {
@@ -157,7 +226,11 @@ impl Xlator for ProtocolClient {
     }
 
     async fn rename(&self, from: &Loc, to: &Loc) -> FsResult<()> {
-        self.done(Request::Rename { from: from.clone(), to: to.clone() }).await
+        self.done(Request::Rename {
+            from: from.clone(),
+            to: to.clone(),
+        })
+        .await
     }
 
     async fn readlink(&self, gfid: Gfid) -> FsResult<Vec<u8>> {
@@ -168,44 +241,82 @@ impl Xlator for ProtocolClient {
     }
 
     async fn open(&self, gfid: Gfid, flags: i32) -> FsResult<Fd> {
-        match self.call(Request::Open { gfid, flags }, Bytes::new()).await?.0 {
+        match self
+            .call(Request::Open { gfid, flags }, Bytes::new())
+            .await?
+            .0
+        {
             Reply::Opened { fd } => Ok(self.new_fd(gfid, flags, fd, false)),
             r => Err(unexpected(r)),
         }
     }
 
     async fn read(&self, fd: &Fd, offset: u64, size: u32) -> FsResult<Bytes> {
-        match self.fd_call(fd, |n| Request::Read { fd: n, offset, size }, Bytes::new()).await? {
+        match self
+            .fd_call(
+                fd,
+                |n| Request::Read {
+                    fd: n,
+                    offset,
+                    size,
+                },
+                Bytes::new(),
+            )
+            .await?
+        {
             (Reply::Read { .. }, data) => Ok(data),
             (r, _) => Err(unexpected(r)),
         }
     }
 
     async fn write(&self, fd: &Fd, offset: u64, data: Bytes) -> FsResult<(u32, Iatt)> {
-        match self.fd_call(fd, |n| Request::Write { fd: n, offset }, data).await?.0 {
+        match self
+            .fd_call(fd, |n| Request::Write { fd: n, offset }, data)
+            .await?
+            .0
+        {
             Reply::Written { count, iatt } => Ok((count, iatt)),
             r => Err(unexpected(r)),
         }
     }
 
     async fn flush(&self, fd: &Fd, lock_owner: u64) -> FsResult<()> {
-        match self.fd_call(fd, |n| Request::Flush { fd: n, owner: lock_owner }, Bytes::new()).await?.0 {
+        match self
+            .fd_call(
+                fd,
+                |n| Request::Flush {
+                    fd: n,
+                    owner: lock_owner,
+                },
+                Bytes::new(),
+            )
+            .await?
+            .0
+        {
             Reply::Done => Ok(()),
             r => Err(unexpected(r)),
         }
     }
 
     async fn fsync(&self, fd: &Fd, datasync: bool) -> FsResult<()> {
-        match self.fd_call(fd, |n| Request::Fsync { fd: n, datasync }, Bytes::new()).await?.0 {
+        match self
+            .fd_call(fd, |n| Request::Fsync { fd: n, datasync }, Bytes::new())
+            .await?
+            .0
+        {
             Reply::Done => Ok(()),
             r => Err(unexpected(r)),
         }
     }
 
     async fn release(&self, fd: &Fd) -> FsResult<()> {
-        let Some(rfd) = fd.state::<RemoteFd>() else { return Err(FsError::BadFd) };
+        let Some(rfd) = fd.state::<RemoteFd>() else {
+            return Err(FsError::BadFd);
+        };
         let (g, n) = *rfd.slot.lock();
-        let Ok((conn, gen)) = self.conn().await else { return Ok(()) };
+        let Ok((conn, gen)) = self.conn().await else {
+            return Ok(());
+        };
         if g != gen {
             return Ok(()); // that connection's fds died with it
         }
@@ -219,14 +330,28 @@ impl Xlator for ProtocolClient {
 
     async fn opendir(&self, gfid: Gfid) -> FsResult<Fd> {
         match self.call(Request::Opendir { gfid }, Bytes::new()).await?.0 {
-            Reply::Opened { fd } => Ok(self.new_fd(gfid, libc::O_RDONLY | libc::O_DIRECTORY, fd, true)),
+            Reply::Opened { fd } => {
+                Ok(self.new_fd(gfid, libc::O_RDONLY | libc::O_DIRECTORY, fd, true))
+            }
             r => Err(unexpected(r)),
         }
     }
 
-    async fn readdir(&self, fd: &Fd, offset: u64, max_entries: u32, plus: bool) -> FsResult<Vec<DirEntry>> {
+    async fn readdir(
+        &self,
+        fd: &Fd,
+        offset: u64,
+        max_entries: u32,
+        plus: bool,
+    ) -> FsResult<Vec<DirEntry>> {
         let xattrs = vec![crate::xattr_names::DHT_LINKTO.to_string()];
-        let make = |n| Request::Readdir { fd: n, offset, max_entries, plus, xattrs };
+        let make = |n| Request::Readdir {
+            fd: n,
+            offset,
+            max_entries,
+            plus,
+            xattrs,
+        };
         match self.fd_call(fd, make, Bytes::new()).await?.0 {
             Reply::Entries { entries } => Ok(entries),
             r => Err(unexpected(r)),
@@ -234,25 +359,48 @@ impl Xlator for ProtocolClient {
     }
 
     async fn getxattr(&self, gfid: Gfid, name: &str) -> FsResult<Vec<u8>> {
-        match self.call(Request::Getxattr { gfid, name: name.to_string() }, Bytes::new()).await?.0 {
+        match self
+            .call(
+                Request::Getxattr {
+                    gfid,
+                    name: name.to_string(),
+                },
+                Bytes::new(),
+            )
+            .await?
+            .0
+        {
             Reply::Xattr { value } => Ok(value),
             r => Err(unexpected(r)),
         }
     }
 
     async fn listxattr(&self, gfid: Gfid) -> FsResult<Vec<String>> {
-        match self.call(Request::Listxattr { gfid }, Bytes::new()).await?.0 {
+        match self
+            .call(Request::Listxattr { gfid }, Bytes::new())
+            .await?
+            .0
+        {
             Reply::XattrNames { names } => Ok(names),
             r => Err(unexpected(r)),
         }
     }
 
     async fn setxattr(&self, gfid: Gfid, xattrs: &XattrMap, flags: i32) -> FsResult<()> {
-        self.done(Request::Setxattr { gfid, xattrs: xattrs.clone(), flags }).await
+        self.done(Request::Setxattr {
+            gfid,
+            xattrs: xattrs.clone(),
+            flags,
+        })
+        .await
     }
 
     async fn removexattr(&self, gfid: Gfid, name: &str) -> FsResult<()> {
-        self.done(Request::Removexattr { gfid, name: name.to_string() }).await
+        self.done(Request::Removexattr {
+            gfid,
+            name: name.to_string(),
+        })
+        .await
     }
 
     async fn statfs(&self) -> FsResult<Statvfs> {
@@ -263,36 +411,77 @@ impl Xlator for ProtocolClient {
     }
 
     async fn lk(&self, fd: &Fd, cmd: LockCmd, lock: FileLock) -> FsResult<FileLock> {
-        match self.fd_call(fd, |n| Request::Lk { fd: n, cmd, lock }, Bytes::new()).await?.0 {
+        match self
+            .fd_call(fd, |n| Request::Lk { fd: n, cmd, lock }, Bytes::new())
+            .await?
+            .0
+        {
             Reply::Lock { lock } => Ok(lock),
             r => Err(unexpected(r)),
         }
     }
 
     async fn fallocate(&self, fd: &Fd, mode: i32, offset: u64, len: u64) -> FsResult<()> {
-        match self.fd_call(fd, |n| Request::Fallocate { fd: n, mode, offset, len }, Bytes::new()).await?.0 {
+        match self
+            .fd_call(
+                fd,
+                |n| Request::Fallocate {
+                    fd: n,
+                    mode,
+                    offset,
+                    len,
+                },
+                Bytes::new(),
+            )
+            .await?
+            .0
+        {
             Reply::Done => Ok(()),
             r => Err(unexpected(r)),
         }
     }
 
     async fn inodelk(&self, gfid: Gfid, lock: &InodeLk) -> FsResult<()> {
-        self.done(Request::Inodelk { gfid, lock: lock.clone() }).await
+        self.done(Request::Inodelk {
+            gfid,
+            lock: lock.clone(),
+        })
+        .await
     }
 
     async fn entrylk(&self, parent: Gfid, name: Option<&Name>, lock: &EntryLk) -> FsResult<()> {
-        self.done(Request::Entrylk { parent, name: name.cloned(), lock: lock.clone() }).await
+        self.done(Request::Entrylk {
+            parent,
+            name: name.cloned(),
+            lock: lock.clone(),
+        })
+        .await
     }
 
     async fn xattrop(&self, gfid: Gfid, op: XattropOp, xattrs: &XattrMap) -> FsResult<XattrMap> {
-        match self.call(Request::Xattrop { gfid, op, xattrs: xattrs.clone() }, Bytes::new()).await?.0 {
+        match self
+            .call(
+                Request::Xattrop {
+                    gfid,
+                    op,
+                    xattrs: xattrs.clone(),
+                },
+                Bytes::new(),
+            )
+            .await?
+            .0
+        {
             Reply::Xattrs { xattrs } => Ok(xattrs),
             r => Err(unexpected(r)),
         }
     }
 
     async fn index_list(&self, after: Option<Gfid>, max: u32) -> FsResult<Vec<Gfid>> {
-        match self.call(Request::IndexList { after, max }, Bytes::new()).await?.0 {
+        match self
+            .call(Request::IndexList { after, max }, Bytes::new())
+            .await?
+            .0
+        {
             Reply::Gfids { gfids } => Ok(gfids),
             r => Err(unexpected(r)),
         }

@@ -61,7 +61,10 @@ impl ProtocolClient {
             wake: tokio::sync::Notify::new(),
         });
         tokio::spawn(supervise(shared.clone()));
-        ProtocolClient { name: brick.subvol.clone(), shared }
+        ProtocolClient {
+            name: brick.subvol.clone(),
+            shared,
+        }
     }
 
     /// The brick as `HOST:/PATH`.
@@ -143,14 +146,22 @@ async fn supervise(s: Arc<Shared>) {
 
 async fn connect_once(s: &Shared) -> FsResult<Arc<Connection>> {
     if s.brick.port == 0 {
-        return Err(FsError::NotConnected(format!("{} has no port (brick never started)", s.brick.label())));
+        return Err(FsError::NotConnected(format!(
+            "{} has no port (brick never started)",
+            s.brick.label()
+        )));
     }
     let target = format!("{}:{}", s.brick.host, s.brick.port);
     let limit = s.opts.ping_timeout.min(Duration::from_secs(10));
     let stream = match tokio::time::timeout(limit, TcpStream::connect(&target)).await {
         Ok(Ok(st)) => st,
         Ok(Err(e)) => return Err(FsError::NotConnected(format!("{}: {e}", s.brick.label()))),
-        Err(_) => return Err(FsError::NotConnected(format!("{}: connect timed out", s.brick.label()))),
+        Err(_) => {
+            return Err(FsError::NotConnected(format!(
+                "{}: connect timed out",
+                s.brick.label()
+            )))
+        }
     };
     let conn = Connection::start(s.brick.label(), stream, s.opts.ping_timeout);
     let hs = Request::Handshake {
@@ -163,7 +174,9 @@ async fn connect_once(s: &Shared) -> FsResult<Arc<Connection>> {
         Ok(Ok((Reply::Welcome { .. }, _))) => Ok(conn),
         Ok(Ok((other, _))) => {
             conn.kill("bad handshake reply");
-            Err(FsError::Protocol(format!("unexpected handshake reply {other:?}")))
+            Err(FsError::Protocol(format!(
+                "unexpected handshake reply {other:?}"
+            )))
         }
         Ok(Err(e)) => {
             conn.kill("handshake refused");
@@ -171,7 +184,10 @@ async fn connect_once(s: &Shared) -> FsResult<Arc<Connection>> {
         }
         Err(_) => {
             conn.kill("handshake timed out");
-            Err(FsError::NotConnected(format!("{}: handshake timed out", s.brick.label())))
+            Err(FsError::NotConnected(format!(
+                "{}: handshake timed out",
+                s.brick.label()
+            )))
         }
     }
 }
