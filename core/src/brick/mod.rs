@@ -10,7 +10,7 @@
 //! - `BrickInfo` / `brick_info(path)` — what `volume status detail` shows.
 //!
 //! Inside: `server` (listener, connection threads), `wire` (blocking frame
-//! reader and reply sink), `ops` (request
+//! reader and reply sink), `splice` (large reads sent without copying), `ops` (request
 //! dispatch, open fds), `store` (gfid resolution, handle cache), `entry`
 //! (name operations), `inode` (gfid operations, readdir), `xattrs`,
 //! `locks` (byte-range locks), `format` (the on-disk format, documented),
@@ -26,6 +26,7 @@ mod locks;
 mod ops;
 mod prepare;
 mod server;
+mod splice;
 mod store;
 mod sys;
 mod wire;

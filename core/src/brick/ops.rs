@@ -152,6 +152,28 @@ pub(crate) fn bind(conn: &Conn, req: &Request) -> Bound {
     Some(conn.get(n))
 }
 
+/// For a bulk `Read` of an open regular file: its fd, offset and (clamped)
+/// size, to be served by `splice::send_read` while `bound` is held.
+pub(crate) fn read_by_splice(
+    req: &Request,
+    bound: &Bound,
+) -> Option<(std::os::fd::RawFd, u64, usize)> {
+    let Request::Read { offset, size, .. } = req else {
+        return None;
+    };
+    match bound {
+        Some(Ok(f)) => match &**f {
+            OpenFd::File { fd, .. } => Some((
+                std::os::fd::AsRawFd::as_raw_fd(fd),
+                *offset,
+                (*size as usize).min(READ_MAX),
+            )),
+            OpenFd::Dir { .. } => None,
+        },
+        _ => None,
+    }
+}
+
 fn any(bound: Bound) -> FsResult<Arc<OpenFd>> {
     bound.unwrap_or(Err(FsError::BadFd))
 }

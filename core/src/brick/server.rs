@@ -14,6 +14,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use super::ops::{self, Conn, Route, Shared};
+use super::splice::{self, Spliced};
 use super::wire::{encode, FrameReader, ReplySink, Slots};
 use super::BrickConfig;
 use crate::error::{FsError, FsResult};
@@ -230,8 +231,29 @@ fn connection(
                 let (sh, c, sk, sl) = (shared.clone(), conn.clone(), sink.clone(), slots.clone());
                 let data = frame.data;
                 rt.spawn_blocking(move || {
-                    let r = ops::run_blocking(&sh, &c, req, data, bound);
-                    send(&sk, xid, r);
+                    let r = match ops::read_by_splice(&req, &bound) {
+                        Some((fd, offset, size)) => {
+                            match splice::send_read(&sk, xid, fd, offset, size) {
+                                Spliced::Sent => None,
+                                Spliced::Declined => {
+                                    Some(ops::run_blocking(&sh, &c, req, data, bound))
+                                }
+                                Spliced::Failed(e) => Some(Err(e)),
+                                Spliced::Broken(e) => {
+                                    tracing::debug!(
+                                        xid,
+                                        "reply write failed, closing connection: {e}"
+                                    );
+                                    sk.shutdown();
+                                    None
+                                }
+                            }
+                        }
+                        None => Some(ops::run_blocking(&sh, &c, req, data, bound)),
+                    };
+                    if let Some(r) = r {
+                        send(&sk, xid, r);
+                    }
                     sl.give();
                 });
             }

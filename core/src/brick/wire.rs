@@ -184,6 +184,61 @@ impl ReplySink {
         Ok(())
     }
 
+    /// Sends one frame whose data section is the first `len` bytes waiting
+    /// in the pipe `pipe`, moved into the socket with splice(2) (no copy).
+    /// An error leaves the stream in mid-frame: the connection is unusable.
+    pub(crate) fn send_from_pipe(
+        &self,
+        kind: FrameKind,
+        xid: u64,
+        meta: &[u8],
+        pipe: std::os::fd::RawFd,
+        len: usize,
+    ) -> io::Result<()> {
+        let mut segs = Vec::with_capacity(1);
+        // The header alone: encode with an empty data section, then fix
+        // the frame length to cover `len` bytes more.
+        encode(&mut segs, kind, xid, meta, &Bytes::new())?;
+        let total = 1 + 8 + 4 + meta.len() + len;
+        if total > MAX_FRAME {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("frame of {total} bytes exceeds the limit"),
+            ));
+        }
+        let mut head = BytesMut::from(&segs[0][..]);
+        head[..4].copy_from_slice(&(total as u32).to_be_bytes());
+        let mut s = self.stream.lock();
+        s.write_all(&head)?;
+        let mut left = len;
+        while left > 0 {
+            // SAFETY: both fds are open (the socket is owned by the locked
+            // stream, the pipe by the caller) for the duration of the call.
+            let n = unsafe {
+                libc::splice(
+                    pipe,
+                    std::ptr::null_mut(),
+                    self.fd,
+                    std::ptr::null_mut(),
+                    left,
+                    libc::SPLICE_F_MOVE,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            left -= n as usize;
+        }
+        Ok(())
+    }
+
     /// Shuts the connection down both ways (the reader sees the end too).
     pub(crate) fn shutdown(&self) {
         // Not through the lock: a writer may be blocked holding it.
