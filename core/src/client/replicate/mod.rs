@@ -15,7 +15,10 @@ mod fops;
 mod heal;
 mod heal_entry;
 mod inspect;
+mod shd_ops;
 mod transaction;
+
+pub use shd_ops::{CrawlCounts, Examined, HealOutcome, SplitBrainPolicy};
 
 use async_trait::async_trait;
 use bytes::Bytes;
