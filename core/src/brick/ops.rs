@@ -146,7 +146,8 @@ pub(crate) fn bind(conn: &Conn, req: &Request) -> Bound {
         | Request::Fsync { fd, .. }
         | Request::Readdir { fd, .. }
         | Request::Lk { fd, .. }
-        | Request::Fallocate { fd, .. } => *fd,
+        | Request::Fallocate { fd, .. }
+        | Request::Checksum { fd, .. } => *fd,
         _ => return None,
     };
     Some(conn.get(n))
@@ -206,7 +207,7 @@ pub(crate) enum Route {
 pub(crate) fn route(req: &Request, data_len: usize) -> Route {
     match req {
         Request::Lk { .. } | Request::Inodelk { .. } | Request::Entrylk { .. } => Route::Wait,
-        Request::IndexList { .. } => Route::Pool,
+        Request::IndexList { .. } | Request::Checksum { .. } => Route::Pool,
         Request::Read { size, .. } if *size as usize >= BULK => Route::Pool,
         Request::Write { .. } if data_len >= BULK => Route::Pool,
         Request::Fsync { .. }
@@ -459,6 +460,16 @@ pub(crate) fn run_blocking(
         Request::IndexList { after, max } => Reply::Gfids {
             gfids: super::index::list(&s.store, after, max)?,
         },
+        Request::Checksum {
+            fd: _,
+            offset,
+            len,
+            block,
+        } => {
+            let f = file(bound)?;
+            let (size, sums) = checksums(file_fd(&f), offset, len, block)?;
+            Reply::Checksums { size, sums }
+        }
     };
     Ok((reply, none))
 }
@@ -495,6 +506,42 @@ fn read(f: &OpenFd, offset: u64, size: usize) -> FsResult<(Bytes, bool)> {
     }
     let eof = buf.len() < size;
     Ok((buf.freeze(), eof))
+}
+
+/// Smallest and largest block a `Checksum` request may ask for.
+const SUM_BLOCK: std::ops::RangeInclusive<u32> = 4096..=(16 << 20);
+/// Most bytes one `Checksum` request covers.
+const SUM_MAX: u64 = 256 << 20;
+
+/// xxh3-128 of each `block`-byte block of `fd` in `offset..offset+len`
+/// (clamped to end of file), and the file's size.
+fn checksums(fd: &OwnedFd, offset: u64, len: u64, block: u32) -> FsResult<(u64, Vec<[u64; 2]>)> {
+    if !SUM_BLOCK.contains(&block) || len > SUM_MAX {
+        return Err(FsError::InvalidArgument);
+    }
+    let size = rustix::fs::fstat(fd)?.st_size.max(0) as u64;
+    let end = offset.saturating_add(len).min(size);
+    let mut sums = Vec::new();
+    let mut buf = vec![0u8; block as usize];
+    let mut at = offset;
+    while at < end {
+        let want = ((end - at).min(block as u64)) as usize;
+        let mut got = 0usize;
+        while got < want {
+            let n = rustix::io::pread(fd, &mut buf[got..want], at + got as u64)?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        let h = xxhash_rust::xxh3::xxh3_128(&buf[..got]);
+        sums.push([h as u64, (h >> 64) as u64]);
+        if got < want {
+            break;
+        }
+        at += want as u64;
+    }
+    Ok((size, sums))
 }
 
 fn write(f: &OpenFd, offset: u64, data: &[u8]) -> FsResult<(u32, crate::iatt::Iatt)> {

@@ -148,6 +148,18 @@ pub trait Xlator: Send + Sync {
     async fn index_list(&self, _after: Option<Gfid>, _max: u32) -> FsResult<Vec<Gfid>> {
         Err(FsError::NotSupported)
     }
+    /// Checksums of the `block`-byte blocks of an open file from `offset`
+    /// for `len` bytes, computed where the file is (protocol clients only):
+    /// the file's size and one xxh3-128 per block (`[low, high]`).
+    async fn checksum(
+        &self,
+        _fd: &Fd,
+        _offset: u64,
+        _len: u64,
+        _block: u32,
+    ) -> FsResult<(u64, Vec<[u64; 2]>)> {
+        Err(FsError::NotSupported)
+    }
 }
 
 /// Builds a `Loc` from a parent gfid and a name.

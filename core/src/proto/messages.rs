@@ -264,6 +264,16 @@ pub enum Request {
     /// The brick's pending-heal index: indexed gfids after `after`, in
     /// order, at most `max`; replies `Gfids`.
     IndexList { after: Option<Gfid>, max: u32 },
+    /// Checksums (xxh3-128) of the `block`-byte blocks of an open file
+    /// from `offset` for `len` bytes (the last block may be short; none
+    /// past end of file); replies `Checksums`. Appended last, so older
+    /// variants keep their wire numbers.
+    Checksum {
+        fd: u64,
+        offset: u64,
+        len: u64,
+        block: u32,
+    },
 }
 
 impl Request {
@@ -305,6 +315,7 @@ impl Request {
             Request::Entrylk { .. } => "ENTRYLK",
             Request::Xattrop { .. } => "XATTROP",
             Request::IndexList { .. } => "INDEXLIST",
+            Request::Checksum { .. } => "CHECKSUM",
         }
     }
 }
@@ -355,6 +366,9 @@ pub enum Reply {
     Xattrs { xattrs: XattrMap },
     /// Gfids (the result of `IndexList`).
     Gfids { gfids: Vec<Gfid> },
+    /// Block checksums (the result of `Checksum`): xxh3-128 of each block,
+    /// as two u64 (low, high), and the file's size when they were taken.
+    Checksums { size: u64, sums: Vec<[u64; 2]> },
 }
 
 /// What a brick answers to one request.

@@ -486,4 +486,30 @@ impl Xlator for ProtocolClient {
             r => Err(unexpected(r)),
         }
     }
+
+    async fn checksum(
+        &self,
+        fd: &Fd,
+        offset: u64,
+        len: u64,
+        block: u32,
+    ) -> FsResult<(u64, Vec<[u64; 2]>)> {
+        match self
+            .fd_call(
+                fd,
+                |n| Request::Checksum {
+                    fd: n,
+                    offset,
+                    len,
+                    block,
+                },
+                Bytes::new(),
+            )
+            .await?
+            .0
+        {
+            Reply::Checksums { size, sums } => Ok((size, sums)),
+            r => Err(unexpected(r)),
+        }
+    }
 }

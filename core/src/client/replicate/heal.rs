@@ -4,8 +4,8 @@
 //! exactly the counters that were seen, leaving accusations against
 //! children that did not take part.
 //!
-//! Data heal copies the whole file (holes stay holes); comparing block
-//! checksums first is a later step.
+//! Data heal copies a small file whole (holes stay holes); a large one is
+//! compared block by block (`heal_data`).
 
 use bytes::Bytes;
 use futures::future::{join_all, BoxFuture};
@@ -196,7 +196,7 @@ impl Replicate {
             .filter(|s| matches!(&answers[*s], Ok(l) if l.iatt.kind == FileKind::Regular))
             .collect();
         if !sinks.is_empty() {
-            self.copy_data(gfid, plan.source, &src_iatt, &sinks).await?;
+            self.sync_data(gfid, plan.source, &src_iatt, &sinks).await?;
             tracing::info!(replicate = %self.name, file = %name, source = self.children[plan.source].name(), sinks = ?sinks.iter().map(|s| self.children[*s].name()).collect::<Vec<_>>(), bytes = src_iatt.size, "data self-heal done");
         }
         // Every copy that answered now matches the source.
@@ -209,7 +209,7 @@ impl Replicate {
 
     /// Copies the contents of `gfid` from `source` to `sinks` (which are
     /// truncated to zero first, so holes stay holes), then its times.
-    async fn copy_data(
+    pub(super) async fn copy_data(
         &self,
         gfid: Gfid,
         source: usize,

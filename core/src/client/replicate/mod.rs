@@ -13,6 +13,7 @@
 mod changelog;
 mod fops;
 mod heal;
+mod heal_data;
 mod heal_entry;
 mod inspect;
 mod shd_ops;
@@ -35,6 +36,7 @@ use crate::iatt::{Iatt, SetAttr, Statvfs};
 use crate::proto::{DirEntry, FileLock, Loc, LockCmd, NewInode, XattrMap};
 use crate::xattr_names::AFR_PREFIX;
 use changelog::Slot;
+pub use heal_data::DataHealStats;
 
 /// Most inodes whose health is remembered before the cache is reset.
 const MAX_CACHED: usize = 1 << 18;
@@ -127,6 +129,8 @@ pub struct Replicate {
     /// Lock owners: one per transaction or heal.
     owners: AtomicU64,
     health: Mutex<HashMap<Gfid, Health>>,
+    /// What data heals did.
+    heal_counters: heal_data::HealCounters,
 }
 
 impl Replicate {
@@ -148,6 +152,7 @@ impl Replicate {
             quorum,
             owners: AtomicU64::new(rand::random::<u64>() >> 1),
             health: Mutex::new(HashMap::new()),
+            heal_counters: Default::default(),
         }
     }
 

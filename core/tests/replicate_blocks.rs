@@ -1,0 +1,286 @@
+//! Replicate's block-checksum data heal in one process: real brick servers
+//! on loopback and real protocol clients under one `Replicate` (kept at
+//! hand to read its heal counters). A large file changed in a few blocks
+//! while a brick was down heals by copying only those blocks; holes stay
+//! holes; a sink longer than the source is cut.
+
+use bytes::Bytes;
+use kiln_core::brick::{prepare_brick_dir, serve_listener, BrickConfig};
+use kiln_core::client::protocol::{ProtocolClient, ProtocolOptions};
+use kiln_core::client::replicate::{Quorum, Replicate};
+use kiln_core::client::{Caller, Volume, Xlator};
+use kiln_core::graph::{BrickSpec, VolumeKind, VolumeSpec};
+use kiln_core::{Gfid, Name};
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+const VOL: &str = "bv";
+const BLOCK: u64 = 128 << 10;
+
+async fn serve(path: &Path, id: &str, port: u16) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cfg = BrickConfig {
+        volume: VOL.into(),
+        volume_id: id.to_string(),
+        label: format!("127.0.0.1:{}", path.display()),
+        path: path.to_path_buf(),
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+    };
+    let task = tokio::spawn(async move {
+        let _ = serve_listener(cfg, listener).await;
+    });
+    (port, task)
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    id: String,
+    paths: Vec<PathBuf>,
+    ports: Vec<u16>,
+    tasks: Vec<Option<tokio::task::JoinHandle<()>>>,
+    rep: Arc<Replicate>,
+    vol: Volume,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    let (mut paths, mut ports, mut tasks, mut specs) = (vec![], vec![], vec![], vec![]);
+    for i in 0..2 {
+        let path = dir.path().join(format!("brick{i}"));
+        prepare_brick_dir(&path, &id, true).unwrap();
+        let (port, task) = serve(&path, &id, 0).await;
+        specs.push(BrickSpec {
+            subvol: format!("{VOL}-client-{i}"),
+            host: "127.0.0.1".into(),
+            path: path.display().to_string(),
+            port,
+        });
+        paths.push(path);
+        ports.push(port);
+        tasks.push(Some(task));
+    }
+    let mut options = BTreeMap::new();
+    options.insert("network.ping-timeout".to_string(), "5".to_string());
+    let spec = VolumeSpec {
+        name: VOL.into(),
+        id: id.clone(),
+        kind: VolumeKind::Replicate { replica: 2 },
+        bricks: specs.clone(),
+        options,
+        generation: 1,
+    };
+    let opts = ProtocolOptions {
+        ping_timeout: Duration::from_secs(5),
+        client_id: format!("blocks-{}", uuid::Uuid::new_v4()),
+    };
+    let children: Vec<Arc<dyn Xlator>> = specs
+        .into_iter()
+        .map(|b| Arc::new(ProtocolClient::new(VOL, b, opts.clone())) as Arc<dyn Xlator>)
+        .collect();
+    let rep = Arc::new(Replicate::new(
+        format!("{VOL}-replicate-0"),
+        children,
+        Quorum::None,
+    ));
+    let vol = Volume::with_top(spec, rep.clone());
+    vol.wait_ready(Duration::from_secs(10)).await.unwrap();
+    Setup {
+        _dir: dir,
+        id,
+        paths,
+        ports,
+        tasks,
+        rep,
+        vol,
+    }
+}
+
+impl Setup {
+    async fn kill(&mut self, i: usize) {
+        if let Some(t) = self.tasks[i].take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    async fn restart(&mut self, i: usize) {
+        let (_, t) = serve(&self.paths[i], &self.id, self.ports[i]).await;
+        self.tasks[i] = Some(t);
+    }
+
+    fn at(&self, i: usize, rel: &str) -> PathBuf {
+        self.paths[i].join(rel)
+    }
+
+    /// Looks `rel` up until both copies match on disk.
+    async fn heal(&self, rel: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let _ = self.vol.resolve_path(&format!("/{rel}")).await;
+            let a = std::fs::read(self.at(0, rel)).unwrap();
+            if std::fs::read(self.at(1, rel)).ok() == Some(a) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{rel} did not heal");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+async fn write_at(vol: &Volume, gfid: Gfid, parts: &[(u64, Vec<u8>)], truncate: Option<u64>) {
+    let fd = vol.open(gfid, libc::O_RDWR).await.unwrap();
+    if let Some(t) = truncate {
+        vol.ftruncate(&fd, t).await.unwrap();
+    }
+    for (off, data) in parts {
+        for (k, c) in data.chunks(1 << 20).enumerate() {
+            vol.write(&fd, off + (k as u64) * (1 << 20), Bytes::copy_from_slice(c))
+                .await
+                .unwrap();
+        }
+    }
+    vol.release(&fd).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_differing_blocks_are_copied() {
+    let mut s = setup().await;
+    let name = Name::new("big").unwrap();
+    let (iatt, fd) = s
+        .vol
+        .create(Gfid::ROOT, &name, &Caller::ROOT, 0o644, libc::O_RDWR, false)
+        .await
+        .unwrap();
+    s.vol.release(&fd).await.unwrap();
+    let g = iatt.gfid;
+    // 4 MiB + 100 bytes, with a hole at [1 MiB, 1.5 MiB).
+    let mut body = pattern((4 << 20) + 100, 1);
+    body[1 << 20..(3 << 19)].fill(0);
+    write_at(
+        &s.vol,
+        g,
+        &[
+            (0, body[..1 << 20].to_vec()),
+            (3 << 19, body[3 << 19..].to_vec()),
+        ],
+        None,
+    )
+    .await;
+    let cut = Name::new("cut").unwrap();
+    let (citatt, fd) = s
+        .vol
+        .create(Gfid::ROOT, &cut, &Caller::ROOT, 0o644, libc::O_RDWR, false)
+        .await
+        .unwrap();
+    s.vol.release(&fd).await.unwrap();
+    let cbody = pattern(3 << 20, 2);
+    write_at(&s.vol, citatt.gfid, &[(0, cbody.clone())], None).await;
+    assert_eq!(std::fs::read(s.at(1, "big")).unwrap(), body);
+
+    s.kill(1).await;
+    // Block 3 (10 bytes), blocks 24-25 (200 KiB at 3 MiB), and the tail:
+    // the file grows to 4 MiB + 300 KiB (blocks 32-34).
+    let small = pattern(10, 3);
+    let mid = pattern(200 << 10, 4);
+    let tail = pattern((300 << 10) - 100, 5);
+    write_at(
+        &s.vol,
+        g,
+        &[
+            (3 * BLOCK + 7, small.clone()),
+            (3 << 20, mid.clone()),
+            ((4 << 20) + 100, tail.clone()),
+        ],
+        None,
+    )
+    .await;
+    // The other file: cut to 2 MiB, one block changed.
+    write_at(
+        &s.vol,
+        citatt.gfid,
+        &[(5 * BLOCK, pattern(1000, 6))],
+        Some(2 << 20),
+    )
+    .await;
+    let mut want = body.clone();
+    want[(3 * BLOCK + 7) as usize..(3 * BLOCK + 17) as usize].copy_from_slice(&small);
+    want[3 << 20..(3 << 20) + (200 << 10)].copy_from_slice(&mid);
+    want.extend_from_slice(&tail);
+    assert_eq!(std::fs::read(s.at(0, "big")).unwrap(), want);
+
+    s.restart(1).await;
+    let before = s.rep.data_heal_stats();
+    s.heal("big").await;
+    let after = s.rep.data_heal_stats();
+    assert_eq!(std::fs::read(s.at(1, "big")).unwrap(), want);
+    assert_eq!(after.block_heals - before.block_heals, 1, "{after:?}");
+    assert_eq!(
+        after.blocks_differing - before.blocks_differing,
+        6,
+        "blocks 3, 24, 25, 32, 33, 34 differ: {after:?}"
+    );
+    let written = after.bytes_written - before.bytes_written;
+    assert!(
+        written <= 6 * BLOCK && written > 5 * BLOCK,
+        "wrote {written} bytes for 6 blocks"
+    );
+    // The hole of the source is a hole on the healed copy too.
+    let m1 = std::fs::metadata(s.at(1, "big")).unwrap();
+    assert!(
+        m1.blocks() * 512 <= m1.len() - (256 << 10),
+        "allocated {} of {}",
+        m1.blocks() * 512,
+        m1.len()
+    );
+
+    s.heal("cut").await;
+    let mut cwant = cbody[..2 << 20].to_vec();
+    cwant[(5 * BLOCK) as usize..(5 * BLOCK) as usize + 1000].copy_from_slice(&pattern(1000, 6));
+    assert_eq!(std::fs::read(s.at(1, "cut")).unwrap(), cwant);
+    let fin = s.rep.data_heal_stats();
+    assert_eq!(fin.block_heals - after.block_heals, 1);
+    assert_eq!(fin.blocks_differing - after.blocks_differing, 1, "{fin:?}");
+    // Both copies are clean again.
+    for b in 0..2 {
+        for rel in ["big", "cut"] {
+            for n in 0..2 {
+                let key = format!("trusted.kiln.afr.{VOL}-client-{n}");
+                let v = xattr(&s.at(b, rel), &key).unwrap_or_default();
+                assert!(v.iter().all(|x| *x == 0), "{rel} on brick {b}: {v:?}");
+            }
+        }
+    }
+}
+
+fn xattr(path: &Path, key: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(key).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return None;
+    }
+    buf.truncate(r as usize);
+    Some(buf)
+}
