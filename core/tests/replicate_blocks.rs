@@ -1,8 +1,11 @@
-//! Replicate's block-checksum data heal in one process: real brick servers
-//! on loopback and real protocol clients under one `Replicate` (kept at
-//! hand to read its heal counters). A large file changed in a few blocks
-//! while a brick was down heals by copying only those blocks; holes stay
-//! holes; a sink longer than the source is cut.
+//! Replicate's block-checksum data heal and eager locking in one process:
+//! real brick servers on loopback and real protocol clients under one
+//! `Replicate` (kept at hand to read its heal counters). A large file
+//! changed in a few blocks while a brick was down heals by copying only
+//! those blocks; holes stay holes; a sink longer than the source is cut.
+//! A stream of writes raises the counters once and clears them on release
+//! or when idle; another client's write gets the lock within the hold
+//! limit.
 
 use bytes::Bytes;
 use kiln_core::brick::{prepare_brick_dir, serve_listener, BrickConfig};
@@ -283,4 +286,134 @@ fn xattr(path: &Path, key: &str) -> Option<Vec<u8>> {
     }
     buf.truncate(r as usize);
     Some(buf)
+}
+
+/// The data counter brick `b`'s copy of `rel` holds against brick `n`.
+fn data_pending(s: &Setup, b: usize, rel: &str, n: usize) -> i64 {
+    let key = format!("trusted.kiln.afr.{VOL}-client-{n}");
+    xattr(&s.at(b, rel), &key)
+        .map(|v| i64::from_be_bytes(v[..8].try_into().unwrap()))
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eager_lock_spans_a_write_stream() {
+    let s = setup().await;
+    let name = Name::new("stream").unwrap();
+    let (iatt, fd) = s
+        .vol
+        .create(Gfid::ROOT, &name, &Caller::ROOT, 0o644, libc::O_RDWR, false)
+        .await
+        .unwrap();
+    let g = iatt.gfid;
+    for k in 0..20u64 {
+        s.vol
+            .write(&fd, k * 4096, Bytes::from(vec![k as u8; 4096]))
+            .await
+            .unwrap();
+    }
+    // One pre-op for the whole stream: each copy accuses both by exactly 1.
+    for b in 0..2 {
+        for n in 0..2 {
+            assert_eq!(data_pending(&s, b, "stream", n), 1, "brick {b} vs {n}");
+        }
+    }
+    // Release: post-op, all clean.
+    s.vol.release(&fd).await.unwrap();
+    for b in 0..2 {
+        for n in 0..2 {
+            assert_eq!(data_pending(&s, b, "stream", n), 0, "brick {b} vs {n}");
+        }
+    }
+    // Idle: the post-op comes by itself about a second after the last write.
+    let fd = s.vol.open(g, libc::O_RDWR).await.unwrap();
+    s.vol
+        .write(&fd, 0, Bytes::from_static(b"idle"))
+        .await
+        .unwrap();
+    assert_eq!(data_pending(&s, 0, "stream", 1), 1);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(data_pending(&s, 0, "stream", 1), 0, "idle post-op");
+
+    // Another client writing the same file while this one streams gets
+    // the lock within the hold limit.
+    let other = Volume::new(s.vol.spec().clone());
+    other.wait_ready(Duration::from_secs(10)).await.unwrap();
+    let ofd = other.open(g, libc::O_RDWR).await.unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let streamer = {
+        let stop = stop.clone();
+        let vol = Volume::with_top(s.vol.spec().clone(), s.rep.clone());
+        let fd = fd.clone();
+        tokio::spawn(async move {
+            let mut k = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                vol.write(&fd, (k % 64) * 4096, Bytes::from(vec![1u8; 4096]))
+                    .await
+                    .unwrap();
+                k += 1;
+            }
+            k
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = std::time::Instant::now();
+    other
+        .write(&ofd, 1 << 20, Bytes::from_static(b"other client"))
+        .await
+        .unwrap();
+    let waited = t0.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = streamer.await.unwrap();
+    assert!(writes > 10, "the stream went on ({writes} writes)");
+    assert!(
+        waited < Duration::from_millis(2500),
+        "the other client waited {waited:?}"
+    );
+    other.release(&ofd).await.unwrap();
+    s.vol.release(&fd).await.unwrap();
+    for b in 0..2 {
+        for n in 0..2 {
+            assert_eq!(data_pending(&s, b, "stream", n), 0, "brick {b} vs {n}");
+        }
+        let body = std::fs::read(s.at(b, "stream")).unwrap();
+        assert_eq!(&body[1 << 20..], b"other client");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brick_lost_under_the_eager_lock_stays_accused() {
+    let mut s = setup().await;
+    let name = Name::new("lost").unwrap();
+    let (_, fd) = s
+        .vol
+        .create(Gfid::ROOT, &name, &Caller::ROOT, 0o644, libc::O_RDWR, false)
+        .await
+        .unwrap();
+    s.vol
+        .write(&fd, 0, Bytes::from_static(b"both copies "))
+        .await
+        .unwrap();
+    s.kill(1).await;
+    // Acknowledged while brick 1 is gone: brick 0 must accuse it at once
+    // (not at some later post-op), even though the lock was held eagerly.
+    s.vol
+        .write(&fd, 12, Bytes::from_static(b"only brick 0"))
+        .await
+        .unwrap();
+    assert_eq!(data_pending(&s, 0, "lost", 1), 1, "brick 0 accuses brick 1");
+    assert_eq!(data_pending(&s, 0, "lost", 0), 0, "brick 0 is clean itself");
+    s.vol
+        .write(&fd, 24, Bytes::from_static(b" and more"))
+        .await
+        .unwrap();
+    s.vol.release(&fd).await.unwrap();
+    assert_eq!(data_pending(&s, 0, "lost", 0), 0);
+    assert!(data_pending(&s, 0, "lost", 1) >= 1);
+    s.restart(1).await;
+    s.heal("lost").await;
+    assert_eq!(
+        std::fs::read(s.at(1, "lost")).unwrap(),
+        b"both copies only brick 0 and more"
+    );
 }

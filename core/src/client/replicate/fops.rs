@@ -70,13 +70,99 @@ impl Replicate {
             .collect())
     }
 
-    /// A data transaction through an open file: `op` on each child fd.
+    /// A data operation through an open file: `op` on each child fd,
+    /// under this client's eager lock of the inode (taken by the first
+    /// operation, see `eager`).
     async fn fd_txn<T, F, Fut>(&self, fd: &Fd, start: u64, len: u64, op: F) -> FsResult<T>
     where
         F: Fn(Arc<dyn Xlator>, Fd) -> Fut,
         Fut: Future<Output = FsResult<T>>,
     {
         let kids = self.fd_children(fd).await?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.fd_txn_plain(fd, &kids, start, len, op).await;
+        }
+        let n = self.n();
+        for _ in 0..8 {
+            let Some(held) = self.eager.enter(fd.gfid) else {
+                let cands: Vec<usize> = kids.iter().map(|(i, _)| *i).collect();
+                if self.eager_acquire(fd.gfid, &cands).await? {
+                    continue;
+                }
+                break;
+            };
+            let results = join_all(held.ready.iter().map(|c| {
+                let f = kids.iter().find(|(i, _)| i == c).map(|(_, f)| f.clone());
+                let child = self.children[*c].clone();
+                let op = &op;
+                async move {
+                    match f {
+                        Some(f) => op(child, f).await,
+                        None => Err(FsError::NotConnected(String::new())),
+                    }
+                }
+            }))
+            .await;
+            let mut done = Vec::new();
+            let mut errors = Vec::new();
+            for (c, r) in held.ready.iter().zip(results) {
+                match r {
+                    Ok(v) => done.push((*c, v)),
+                    Err(e) => errors.push((*c, e)),
+                }
+            }
+            if done.is_empty() {
+                drop(held);
+                let pick = errors
+                    .iter()
+                    .find(|(_, e)| !e.is_disconnect())
+                    .or(errors.first());
+                return Err(pick
+                    .map(|(_, e)| e.clone())
+                    .unwrap_or_else(|| FsError::NotConnected(self.name.clone())));
+            }
+            let failed: Vec<usize> = errors.iter().map(|(c, _)| *c).collect();
+            held.record_failures(&failed);
+            drop(held);
+            let succeeded: Vec<usize> = done.iter().map(|(c, _)| *c).collect();
+            let behind: Vec<usize> = (0..n).filter(|c| !succeeded.contains(c)).collect();
+            if !behind.is_empty() {
+                self.mark_stale(fd.gfid, &[Slot::Data], &behind);
+            }
+            if !failed.is_empty() {
+                for (c, e) in &errors {
+                    if !e.is_disconnect() {
+                        tracing::warn!(
+                            child = self.children[*c].name(),
+                            "operation failed on one copy only ({e}); it is accused for heal"
+                        );
+                    }
+                }
+                // Record the failure (post-op) before answering.
+                self.eager_release(fd.gfid).await;
+            }
+            if !self.quorum.met(&succeeded, n) {
+                return Err(FsError::ReadOnly);
+            }
+            return first(done);
+        }
+        self.fd_txn_plain(fd, &kids, start, len, op).await
+    }
+
+    /// A data transaction of its own (lock, pre-op, op, post-op, unlock)
+    /// through an open file.
+    async fn fd_txn_plain<T, F, Fut>(
+        &self,
+        fd: &Fd,
+        kids: &[(usize, Fd)],
+        start: u64,
+        len: u64,
+        op: F,
+    ) -> FsResult<T>
+    where
+        F: Fn(Arc<dyn Xlator>, Fd) -> Fut,
+        Fut: Future<Output = FsResult<T>>,
+    {
         // Appends land at each copy's end of file: lock all of it.
         let (start, len) = if fd.flags & libc::O_APPEND != 0 {
             (0, 0)
@@ -108,6 +194,8 @@ impl Replicate {
             || attr.atime.is_some()
             || attr.mtime.is_some();
         let spec = if attr.size.is_some() {
+            // This client's eager lock would hold the truncate up.
+            self.eager_release(gfid).await;
             let mut s = self.data_txn(gfid, 0, 0);
             if meta {
                 s.locks.push(LockItem::Inode {
@@ -305,6 +393,8 @@ impl Replicate {
         let Some(st) = fd.state::<FileFd>() else {
             return Ok(()); // a directory
         };
+        // Flush and fsync end the eager lock (post-op, unlock).
+        self.eager_release(fd.gfid).await;
         let kids: Vec<(usize, Fd)> = st
             .children
             .lock()
@@ -325,6 +415,7 @@ impl Replicate {
 
     pub(super) async fn release_fd(&self, fd: &Fd) -> FsResult<()> {
         let kids: Vec<(usize, Fd)> = if let Some(st) = fd.state::<FileFd>() {
+            self.eager_release(fd.gfid).await;
             st.children
                 .lock()
                 .iter()

@@ -6,11 +6,12 @@
 //! (`inspect`, `heal`, `heal_entry`). Client quorum refuses modifications
 //! (EROFS) when too few children are reachable.
 //!
-//! Not yet: eager locking / delayed post-op (each modification pays its
-//! own lock, pre-op, post-op and unlock round trips), block-checksum data
-//! heal (a heal copies the whole file), the heal daemon.
+//! Data operations through an open file hold the inode's lock eagerly and
+//! delay the post-op (`eager`); large files heal by block checksums
+//! (`heal_data`).
 
 mod changelog;
+mod eager;
 mod fops;
 mod heal;
 mod heal_data;
@@ -131,6 +132,8 @@ pub struct Replicate {
     health: Mutex<HashMap<Gfid, Health>>,
     /// What data heals did.
     heal_counters: heal_data::HealCounters,
+    /// Eager data locks held by this client, by inode.
+    eager: Arc<eager::EagerTable>,
 }
 
 impl Replicate {
@@ -141,10 +144,15 @@ impl Replicate {
             tracing::error!(%name, "a replica set has at most {MAX_REPLICA} children; ignoring the rest");
             children.truncate(MAX_REPLICA);
         }
-        let keys = children
+        let keys: Vec<String> = children
             .iter()
             .map(|c| format!("{AFR_PREFIX}{}", c.name()))
             .collect();
+        let eager = Arc::new(eager::EagerTable::new(
+            name.clone(),
+            children.clone(),
+            keys.clone(),
+        ));
         Replicate {
             name,
             children,
@@ -153,6 +161,7 @@ impl Replicate {
             owners: AtomicU64::new(rand::random::<u64>() >> 1),
             health: Mutex::new(HashMap::new()),
             heal_counters: Default::default(),
+            eager,
         }
     }
 
