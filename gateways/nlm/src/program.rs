@@ -1,0 +1,215 @@
+//! The NLM v4 and NSM v1 programs on the shared ONC-RPC core: decode, run
+//! the lock manager, encode. The asynchronous `_MSG` procedures answer
+//! void at once and send their result as a `_RES` call to the client's
+//! lockd; the `_RES` procedures a client sends us are taken and dropped
+//! (GRANTED is answered by the client synchronously).
+
+use async_trait::async_trait;
+use kiln_portmap::{CallContext, ProcError, RpcProgram, XdrWriter};
+use std::sync::Arc;
+
+use crate::callback;
+use crate::locks::{LockManager, Peer};
+use crate::types::*;
+
+/// NLM v4 over a lock manager.
+pub struct NlmProgram {
+    mgr: Arc<LockManager>,
+}
+
+impl NlmProgram {
+    /// The program over `mgr`.
+    pub fn new(mgr: Arc<LockManager>) -> NlmProgram {
+        NlmProgram { mgr }
+    }
+}
+
+fn peer_of(ctx: &CallContext) -> Peer {
+    Peer {
+        client: ctx.peer.ip(),
+        local: ctx.local.ip(),
+    }
+}
+
+/// Sends a `_MSG` call's result back as `_RES`, in the background.
+fn reply_later(peer: Peer, pmap_port: u16, proc_: u32, body: Vec<u8>) {
+    tokio::spawn(async move {
+        if let Err(e) = callback::send_res(&peer, pmap_port, proc_, &body).await {
+            tracing::warn!(client = %peer.client, proc_, error = %e, "nlm: cannot send a _RES reply");
+        }
+    });
+}
+
+#[async_trait]
+impl RpcProgram for NlmProgram {
+    fn program(&self) -> u32 {
+        NLM_PROGRAM
+    }
+
+    fn versions(&self) -> &[u32] {
+        &[NLM_V4]
+    }
+
+    fn name(&self) -> &'static str {
+        "nlm"
+    }
+
+    async fn call(
+        &self,
+        ctx: &CallContext,
+        _vers: u32,
+        proc_: u32,
+        args: &[u8],
+    ) -> Result<Vec<u8>, ProcError> {
+        use proc4::*;
+        let call = decode_nlm(proc_, args)
+            .ok_or(ProcError::ProcUnavail)?
+            .map_err(|e| {
+                tracing::debug!(peer = %ctx.peer, proc_, error = %e, "nlm: undecodable arguments");
+                ProcError::GarbageArgs
+            })?;
+        let peer = peer_of(ctx);
+        let mut w = XdrWriter::with_capacity(64);
+        match (proc_, call) {
+            (_, NlmCall::Null) => {}
+            (TEST, NlmCall::Test(a)) => self.mgr.test(&a, &peer).await.encode(&mut w),
+            (TEST_MSG, NlmCall::Test(a)) => {
+                self.mgr.test(&a, &peer).await.encode(&mut w);
+                reply_later(peer, self.mgr.pmap_port(), TEST_RES, w.into_bytes());
+                return Ok(Vec::new());
+            }
+            (GRANTED, NlmCall::Test(a)) => {
+                // We are a server: nothing here waits for a grant.
+                Res {
+                    cookie: a.cookie,
+                    stat: Nlm4Stat::Denied,
+                }
+                .encode(&mut w)
+            }
+            (GRANTED_MSG, NlmCall::Test(_)) => {}
+            (LOCK | NM_LOCK, NlmCall::Lock(a)) => Res {
+                stat: self.mgr.lock(&a, &peer).await,
+                cookie: a.cookie,
+            }
+            .encode(&mut w),
+            (LOCK_MSG, NlmCall::Lock(a)) => {
+                Res {
+                    stat: self.mgr.lock(&a, &peer).await,
+                    cookie: a.cookie,
+                }
+                .encode(&mut w);
+                reply_later(peer, self.mgr.pmap_port(), LOCK_RES, w.into_bytes());
+                return Ok(Vec::new());
+            }
+            (CANCEL, NlmCall::Cancel(a)) => Res {
+                stat: self.mgr.cancel(&a, &peer).await,
+                cookie: a.cookie,
+            }
+            .encode(&mut w),
+            (CANCEL_MSG, NlmCall::Cancel(a)) => {
+                Res {
+                    stat: self.mgr.cancel(&a, &peer).await,
+                    cookie: a.cookie,
+                }
+                .encode(&mut w);
+                reply_later(peer, self.mgr.pmap_port(), CANCEL_RES, w.into_bytes());
+                return Ok(Vec::new());
+            }
+            (UNLOCK, NlmCall::Unlock(a)) => Res {
+                stat: self.mgr.unlock(&a, &peer).await,
+                cookie: a.cookie,
+            }
+            .encode(&mut w),
+            (UNLOCK_MSG, NlmCall::Unlock(a)) => {
+                Res {
+                    stat: self.mgr.unlock(&a, &peer).await,
+                    cookie: a.cookie,
+                }
+                .encode(&mut w);
+                reply_later(peer, self.mgr.pmap_port(), UNLOCK_RES, w.into_bytes());
+                return Ok(Vec::new());
+            }
+            (_, NlmCall::TestRes(_)) => {}
+            (GRANTED_RES, NlmCall::Res(r)) => {
+                tracing::debug!(peer = %ctx.peer, status = ?r.stat, "nlm: GRANTED_RES");
+            }
+            (_, NlmCall::Res(_)) => {}
+            (SHARE, NlmCall::Share(a)) => {
+                self.mgr.monitor().note(&a.share.caller_name, &peer).await;
+                self.mgr.share(&a, &peer, false).encode(&mut w)
+            }
+            (UNSHARE, NlmCall::Share(a)) => self.mgr.share(&a, &peer, true).encode(&mut w),
+            (FREE_ALL, NlmCall::FreeAll(n)) => {
+                self.mgr.free_all(&n.name, None).await;
+            }
+            _ => return Err(ProcError::ProcUnavail),
+        }
+        Ok(w.into_bytes())
+    }
+}
+
+/// `res` of NSM: `stat_succ`.
+const STAT_SUCC: u32 = 0;
+/// `res` of NSM: `stat_fail`.
+const STAT_FAIL: u32 = 1;
+
+/// The gateway's NSM v1: SM_NOTIFY from a rebooted client releases its
+/// locks; SM_STAT reports our state; SM_MON from anyone is refused (this
+/// monitor serves the gateway only, as rpc.statd serves its local lockd).
+pub struct NsmProgram {
+    mgr: Arc<LockManager>,
+}
+
+impl NsmProgram {
+    /// The program over `mgr`.
+    pub fn new(mgr: Arc<LockManager>) -> NsmProgram {
+        NsmProgram { mgr }
+    }
+}
+
+#[async_trait]
+impl RpcProgram for NsmProgram {
+    fn program(&self) -> u32 {
+        NSM_PROGRAM
+    }
+
+    fn versions(&self) -> &[u32] {
+        &[NSM_V1]
+    }
+
+    fn name(&self) -> &'static str {
+        "nsm"
+    }
+
+    async fn call(
+        &self,
+        ctx: &CallContext,
+        _vers: u32,
+        proc_: u32,
+        args: &[u8],
+    ) -> Result<Vec<u8>, ProcError> {
+        let call = decode_nsm(proc_, args)
+            .ok_or(ProcError::ProcUnavail)?
+            .map_err(|_| ProcError::GarbageArgs)?;
+        let state = self.mgr.monitor().state();
+        let mut w = XdrWriter::with_capacity(16);
+        match call {
+            NsmCall::Void => {}
+            NsmCall::Stat(_) => {
+                w.put_u32(STAT_SUCC);
+                w.put_i32(state);
+            }
+            NsmCall::Mon(m) => {
+                tracing::info!(peer = %ctx.peer, mon_name = %String::from_utf8_lossy(&m.mon_name), "nsm: SM_MON refused (this monitor serves the gateway's own lock manager)");
+                w.put_u32(STAT_FAIL);
+                w.put_i32(state);
+            }
+            NsmCall::Unmon(_) | NsmCall::UnmonAll(_) => w.put_i32(state),
+            NsmCall::Notify(n) => {
+                tracing::info!(peer = %ctx.peer, mon_name = %String::from_utf8_lossy(&n.mon_name), state = n.state, "nsm: SM_NOTIFY: a client host restarted; releasing its locks");
+                self.mgr.free_all(&n.mon_name, Some(ctx.peer.ip())).await;
+            }
+        }
+        Ok(w.into_bytes())
+    }
+}
