@@ -9,6 +9,8 @@
 #   KT_DUMP_LOGS=1     print server logs after every cluster, not only failures
 #   TEST_FILTER=...    passed to cargo test as a name filter
 #   SUITE_TIMEOUT=40m  upper bound for the cargo test run
+#   FUZZ_SECS=20       seconds per cargo-fuzz target (0 skips fuzzing)
+#   FUZZ_BUDGET=240    seconds for the whole fuzz stage, build included
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -81,6 +83,25 @@ if ! have pjdfstest; then
   cargo install --locked --quiet pjdfstest --version 0.2.2
 fi
 
+# cargo-fuzz targets (portmap/fuzz, gateways/*/fuzz) need a nightly toolchain.
+fuzz_ready=0
+fuzz_why=""
+if [ "${FUZZ_SECS:-20}" != 0 ]; then
+  if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    log "installing the nightly toolchain (cargo-fuzz)"
+    rustup toolchain install nightly --profile minimal >/dev/null 2>&1 || true
+  fi
+  if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    fuzz_why="no nightly toolchain (rustup toolchain install nightly failed: no network?)"
+  elif ! have cargo-fuzz && ! cargo install --locked --quiet cargo-fuzz --version 0.13.2; then
+    fuzz_why="cargo-fuzz could not be installed (no network?)"
+  else
+    fuzz_ready=1
+  fi
+else
+  fuzz_why="FUZZ_SECS=0"
+fi
+
 # --- build ------------------------------------------------------------------
 # Tests use the debug binary: it shares its dependencies with the test build
 # (one compile); `kiln bench` is for release builds.
@@ -109,7 +130,69 @@ timeout --signal=TERM --kill-after=30s "${SUITE_TIMEOUT:-40m}" \
 rc=${PIPESTATUS[0]}
 set -e
 
-# One closing line over every test binary.
+# --- bounded fuzzing ----------------------------------------------------------
+# Every target of every fuzz crate for FUZZ_SECS (less when FUZZ_BUDGET, which
+# includes building them, runs short). A crash fails the suite; its input is
+# left in <crate>/fuzz/artifacts/<target>/. Allocations over 64 MiB count as
+# crashes (no unbounded allocation from wire lengths).
+fuzz_pass=0 fuzz_fail=0 fuzz_skip=0
+fuzz_dirs=()
+for d in portmap/fuzz gateways/*/fuzz; do [ -f "$d/Cargo.toml" ] && fuzz_dirs+=("$d"); done
+fuzz_targets=()
+for d in "${fuzz_dirs[@]}"; do
+  for t in $(sed -n 's/^name = "\(.*\)"$/\1/p' "$d/Cargo.toml" | tail -n +2); do
+    fuzz_targets+=("$d:$t")
+  done
+done
+if [ "$fuzz_ready" != 1 ]; then
+  log "SKIPPED fuzzing (${#fuzz_targets[@]} targets): $fuzz_why"
+  fuzz_skip=${#fuzz_targets[@]}
+else
+  fuzz_start=$SECONDS
+  budget=${FUZZ_BUDGET:-240}
+  fuzz_log="$(mktemp)"
+  export CARGO_TARGET_DIR_FUZZ="$target/fuzz"
+  for d in "${fuzz_dirs[@]}"; do
+    log "building fuzz targets in $d"
+    if ! (cd "$d" && CARGO_TARGET_DIR="$CARGO_TARGET_DIR_FUZZ" cargo +nightly fuzz build >"$fuzz_log" 2>&1); then
+      tail -n 30 "$fuzz_log" >&2
+      log "FAILED to build the fuzz targets in $d"
+      fuzz_fail=$((fuzz_fail + 1))
+    fi
+  done
+  left=${#fuzz_targets[@]}
+  for dt in "${fuzz_targets[@]}"; do
+    d=${dt%%:*} t=${dt#*:}
+    remaining=$((budget - (SECONDS - fuzz_start)))
+    secs=$((remaining / left))
+    [ "$secs" -gt "${FUZZ_SECS:-20}" ] && secs=${FUZZ_SECS:-20}
+    left=$((left - 1))
+    if [ "$secs" -lt 5 ]; then
+      log "SKIPPED fuzz $t: the fuzz budget (${budget}s) is spent"
+      fuzz_skip=$((fuzz_skip + 1))
+      continue
+    fi
+    if (cd "$d" && CARGO_TARGET_DIR="$CARGO_TARGET_DIR_FUZZ" timeout --kill-after=10s $((secs + 60)) \
+        cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -timeout=10 \
+        -rss_limit_mb=1024 -malloc_limit_mb=64 >"$fuzz_log" 2>&1); then
+      runs=$(sed -n 's/^Done \([0-9]*\) runs.*/\1/p' "$fuzz_log" | tail -n 1)
+      log "fuzz $t ($d): ${runs:-?} inputs in ${secs}s, no crash"
+      fuzz_pass=$((fuzz_pass + 1))
+    else
+      tail -n 40 "$fuzz_log" >&2
+      log "FAILED fuzz $t ($d): input saved under $d/artifacts/$t/"
+      fuzz_fail=$((fuzz_fail + 1))
+    fi
+  done
+  rm -f "$fuzz_log"
+  log "fuzzing: $fuzz_pass passed, $fuzz_fail failed, $fuzz_skip skipped in $((SECONDS - fuzz_start))s"
+  if [ "$fuzz_fail" -gt 0 ] && [ "$rc" -eq 0 ]; then rc=1; fi
+fi
+{
+  echo "test result: fuzz. $fuzz_pass passed; $fuzz_fail failed; $fuzz_skip ignored; 0 measured"
+} >> "$out"
+
+# One closing line over every test binary and fuzz target.
 awk '/^test result:/ {
        for (i = 1; i <= NF; i++) {
          if ($(i) ~ /^passed;?$/)  p += $(i-1);

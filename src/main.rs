@@ -6,6 +6,7 @@
 mod bench;
 mod logging;
 mod nfs;
+mod shd;
 mod up;
 
 use clap::Parser;
@@ -71,6 +72,7 @@ fn dispatch(args: &[String]) -> i32 {
         "server" => run_server(rest),
         "brick" => run_brick(rest),
         "nfs" => nfs::run(rest),
+        "shd" => shd::run(rest),
         "mount" => return run_mount(rest),
         "up" => up::run(rest),
         "bench" => bench::run(rest),
@@ -98,8 +100,9 @@ const USAGE: &str = "usage: kiln <command> ...
   up [--data-dir DIR] [--bricks N] [--volume NAME]           a single-server Kiln with a default volume
   mount HOST:/VOL DIR [-o OPTIONS]                           mount a volume with FUSE
   nfs [--listen ADDR] [--mgmt HOST[:PORT]] [--volumes V1,V2] NFSv3 gateway (kiln server runs it)
+  shd --mgmt HOST[:PORT] --volumes V1,V2 --bricks B1,B2 --control SOCK   self-heal daemon (kiln server runs it)
   peer probe|detach|status HOST ; pool list
-  volume create|start|stop|delete|info|status|set ...
+  volume create|start|stop|delete|info|status|set|heal|add-brick ...
   bench MOUNT [--local DIR]                                  Kiln vs the local disk
 global CLI options: --remote-host HOST  --json  --mode=script";
 

@@ -163,6 +163,17 @@ pub enum Command {
         /// Port.
         port: u16,
     },
+    /// `volume add-brick`: new bricks, one more per replica set when
+    /// `replica` grows (each set's new brick goes after its old ones), or
+    /// whole new sets at the end when it stays.
+    AddBricks {
+        /// Volume.
+        name: String,
+        /// The replica count after the change.
+        replica: usize,
+        /// The new bricks, set by set.
+        bricks: Vec<BrickEntry>,
+    },
 }
 
 /// Why a command cannot be applied (checked again at apply time, so a
@@ -242,6 +253,18 @@ impl PoolConfig {
                 b.port = *port;
                 v.generation += 1;
             }
+            Command::AddBricks {
+                name,
+                replica,
+                bricks,
+            } => {
+                let v = self.volume_mut(name)?;
+                v.bricks = with_added_bricks(v, *replica, bricks)?;
+                if *replica > 1 {
+                    v.kind = VolumeKind::Replicate { replica: *replica };
+                }
+                v.generation += 1;
+            }
         }
         Ok(())
     }
@@ -256,4 +279,46 @@ impl PoolConfig {
     pub fn peer_by_host(&self, host: &str) -> Option<&PeerInfo> {
         self.peers.values().find(|p| p.hostname == host)
     }
+}
+
+/// The brick list of `v` after `add-brick` with `bricks` and replica count
+/// `replica`.
+fn with_added_bricks(
+    v: &VolumeConfig,
+    replica: usize,
+    bricks: &[BrickEntry],
+) -> Result<Vec<BrickEntry>, ConfigError> {
+    let old = v.replica_count().max(1);
+    let bad = |m: String| Err(ConfigError::Invalid(format!("volume {}: {m}", v.name)));
+    if bricks.is_empty() {
+        return bad("no bricks to add".into());
+    }
+    if replica == old {
+        if bricks.len().checked_rem(old) != Some(0) {
+            return bad(format!(
+                "Incorrect number of bricks supplied {} with count {old}",
+                bricks.len()
+            ));
+        }
+        let mut all = v.bricks.clone();
+        all.extend(bricks.iter().cloned());
+        return Ok(all);
+    }
+    if replica < old {
+        return bad("the replica count cannot shrink with add-brick".into());
+    }
+    let sets = v.bricks.len() / old;
+    let per = replica - old;
+    if v.bricks.len().checked_rem(old) != Some(0) || bricks.len() != sets * per {
+        return bad(format!(
+            "Incorrect number of bricks supplied {} with count {replica}",
+            bricks.len()
+        ));
+    }
+    let mut all = Vec::with_capacity(v.bricks.len() + bricks.len());
+    for k in 0..sets {
+        all.extend(v.bricks[k * old..(k + 1) * old].iter().cloned());
+        all.extend(bricks[k * per..(k + 1) * per].iter().cloned());
+    }
+    Ok(all)
 }

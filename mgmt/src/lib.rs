@@ -2,15 +2,18 @@
 //!
 //! The daemon keeps the trusted pool's configuration (through
 //! `kiln_config::ConfigStore`), answers the CLI and clients on port 24007,
-//! and runs the brick processes of the bricks it owns and its NFS gateway. The CLI speaks
-//! GlusterFS's grammar and prints GlusterFS's layouts.
+//! and runs the brick processes of the bricks it owns, its NFS gateway and
+//! its self-heal daemon. The CLI speaks GlusterFS's grammar and prints
+//! GlusterFS's layouts.
 
+mod add_brick;
 mod auth;
 mod brickfs;
 mod cli;
 mod client;
 mod daemon;
 mod error;
+mod heal;
 mod identity;
 mod logging;
 mod net;
@@ -19,6 +22,8 @@ mod options;
 mod peer;
 mod pool;
 pub mod proto;
+mod shd;
+mod shd_supervisor;
 mod status;
 mod supervisor;
 mod volume_ops;
@@ -29,3 +34,4 @@ pub use client::{fetch_nfs_exports, fetch_volume_spec};
 pub use daemon::{run_server, ServerArgs};
 pub use error::MgmtError;
 pub use options::nfs_disabled;
+pub use shd::{run_shd, ShdArgs};

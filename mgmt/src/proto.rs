@@ -101,6 +101,8 @@ pub enum PeerRequest {
     Detached,
     /// State of this server's NFS gateway (`kiln nfs`).
     NfsStatus,
+    /// A heal command for this server's self-heal daemon (`kiln shd`).
+    Heal(ShdRequest),
 }
 
 /// A daemon's answer.
@@ -149,6 +151,8 @@ pub enum MgmtReply {
     /// Answer to `NfsStatus`; `None` when this server runs no NFS gateway
     /// at all (in-process tests).
     NfsState(Option<NfsServerState>),
+    /// Answer to `Heal`: this server's bricks of the volume.
+    Heal(Vec<BrickHeal>),
 }
 
 /// An admin command (parsed by the CLI, executed by a daemon).
@@ -221,6 +225,109 @@ pub enum CliRequest {
         /// Accepted for compatibility.
         force: bool,
     },
+    /// `volume heal NAME [full|info [split-brain]|statistics|split-brain ...]`.
+    VolumeHeal {
+        /// Volume.
+        name: String,
+        /// What to do.
+        op: HealOp,
+    },
+    /// `volume add-brick NAME [replica N] BRICK... [force]`.
+    VolumeAddBrick {
+        /// Volume.
+        name: String,
+        /// New replica count (`replica N`).
+        replica: Option<u32>,
+        /// `HOST:/PATH` bricks to add.
+        bricks: Vec<String>,
+        /// `force`.
+        force: bool,
+    },
+}
+
+/// The forms of `volume heal`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HealOp {
+    /// `heal VOL`: crawl the pending indices now.
+    Index,
+    /// `heal VOL full`: crawl the whole tree of every replica set.
+    Full,
+    /// `heal VOL info`, `heal VOL info split-brain`.
+    Info {
+        /// Only entries in split-brain.
+        split_brain: bool,
+    },
+    /// `heal VOL statistics`.
+    Statistics,
+    /// `heal VOL split-brain bigger-file FILE`.
+    BiggerFile(String),
+    /// `heal VOL split-brain latest-mtime FILE`.
+    LatestMtime(String),
+    /// `heal VOL split-brain source-brick HOST:/BRICK [FILE]`.
+    SourceBrick {
+        /// The brick whose copies win.
+        brick: String,
+        /// One file, or every file in split-brain on that brick's set.
+        file: Option<String>,
+    },
+}
+
+/// A request to one server's self-heal daemon (over its control socket,
+/// or from another server through `PeerRequest::Heal`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShdRequest {
+    /// Volume.
+    pub volume: String,
+    /// `Index`, `Full`, `Info` or `Statistics` (the split-brain forms are
+    /// run by the management daemon itself).
+    pub op: HealOp,
+}
+
+/// One brick's part of a heal answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrickHeal {
+    /// Index in the volume.
+    pub index: usize,
+    /// `HOST:/PATH`.
+    pub brick: String,
+    /// Whether its server's heal daemon answered for it.
+    pub connected: bool,
+    /// `info`: pending entries (paths where known, else `<gfid:...>`).
+    pub entries: Vec<String>,
+    /// `statistics`: its crawls, oldest first.
+    pub crawls: Vec<CrawlRecord>,
+}
+
+/// One crawl of one brick by the heal daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrawlRecord {
+    /// `INDEX` or `FULL`.
+    pub kind: String,
+    /// Start, seconds since the epoch.
+    pub start: u64,
+    /// End, seconds since the epoch (`None`: still running).
+    pub end: Option<u64>,
+    /// Inodes looked at.
+    pub scanned: u64,
+    /// Inodes repaired.
+    pub healed: u64,
+    /// Inodes whose heal failed (or stayed pending).
+    pub failed: u64,
+    /// Inodes in split-brain.
+    pub split_brain: u64,
+}
+
+/// What `volume heal` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealView {
+    /// Volume.
+    pub volume: String,
+    /// The command.
+    pub op: HealOp,
+    /// Per brick (info, statistics), in volume order.
+    pub bricks: Vec<BrickHeal>,
+    /// The message to print (heal, full, split-brain forms).
+    pub message: String,
 }
 
 /// Arguments of `volume create`.
@@ -257,6 +364,8 @@ pub enum CliReply {
     Volumes(Vec<VolumeView>),
     /// `volume status`.
     Status(Vec<VolumeStatusView>),
+    /// `volume heal`.
+    Heal(HealView),
 }
 
 /// One server as `peer status` / `pool list` show it.

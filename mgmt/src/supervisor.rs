@@ -59,6 +59,19 @@ pub(crate) trait BrickLauncher: Send + Sync {
             "this launcher runs no NFS gateway",
         ))
     }
+
+    /// True if this launcher can start the self-heal daemon (`launch_shd`).
+    fn runs_shd(&self) -> bool {
+        false
+    }
+
+    /// Spawns the server's self-heal daemon.
+    fn launch_shd(&self, _n: &crate::shd_supervisor::ShdLaunch) -> io::Result<Child> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this launcher runs no self-heal daemon",
+        ))
+    }
 }
 
 /// Runs `EXE brick --volume V --volume-id ID --listen ADDR:PORT --log-file F HOST:/PATH`.
@@ -110,6 +123,35 @@ impl BrickLauncher for ExeLauncher {
             .arg(&n.mgmt)
             .arg("--volumes")
             .arg(n.volumes.join(","))
+            .arg("--log-file")
+            .arg(&n.log_file)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(false)
+            .spawn()
+    }
+
+    fn runs_shd(&self) -> bool {
+        true
+    }
+
+    /// Runs `EXE shd --mgmt ADDR --volumes V1,V2 --bricks B1,B2 --control SOCK --log-file F`.
+    fn launch_shd(&self, n: &crate::shd_supervisor::ShdLaunch) -> io::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log_file)?;
+        tokio::process::Command::new(&self.exe)
+            .arg("shd")
+            .arg("--mgmt")
+            .arg(&n.mgmt)
+            .arg("--volumes")
+            .arg(n.volumes.join(","))
+            .arg("--bricks")
+            .arg(n.bricks.join(","))
+            .arg("--control")
+            .arg(&n.control)
             .arg("--log-file")
             .arg(&n.log_file)
             .stdin(std::process::Stdio::null())

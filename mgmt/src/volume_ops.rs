@@ -69,7 +69,7 @@ pub(crate) fn parse_brick(s: &str) -> Result<(String, String), String> {
 }
 
 /// True if one path is the other or lies inside it.
-fn nested(a: &str, b: &str) -> bool {
+pub(crate) fn nested(a: &str, b: &str) -> bool {
     let inside = |x: &str, y: &str| x == y || x.starts_with(&format!("{y}/"));
     inside(a, b) || inside(b, a)
 }
@@ -199,7 +199,7 @@ pub(crate) async fn create(d: &Arc<Daemon>, a: CreateArgs) -> CliReply {
 
 /// True if two bricks of one replica set (`replica` consecutive bricks)
 /// belong to the same server.
-fn shares_a_server(bricks: &[BrickEntry], replica: usize) -> bool {
+pub(crate) fn shares_a_server(bricks: &[BrickEntry], replica: usize) -> bool {
     bricks.chunks(replica).any(|set| {
         set.iter()
             .enumerate()
@@ -207,7 +207,7 @@ fn shares_a_server(bricks: &[BrickEntry], replica: usize) -> bool {
     })
 }
 
-async fn unstage(d: &Arc<Daemon>, staged: &[&BrickEntry], id: &str) {
+pub(crate) async fn unstage(d: &Arc<Daemon>, staged: &[&BrickEntry], id: &str) {
     for b in staged {
         let req = PeerRequest::UnstageBrick {
             path: b.path.clone(),
@@ -220,7 +220,7 @@ async fn unstage(d: &Arc<Daemon>, staged: &[&BrickEntry], id: &str) {
 }
 
 /// The servers owning bricks of `vol`, each once, in brick order.
-fn owners(vol: &VolumeConfig) -> Vec<String> {
+pub(crate) fn owners(vol: &VolumeConfig) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for b in &vol.bricks {
         if !out.contains(&b.peer_uuid) {
@@ -287,7 +287,7 @@ pub(crate) async fn start(d: &Arc<Daemon>, name: &str, force: bool) -> CliReply 
 
 /// Waits (briefly) until this server's config shows a port for every brick,
 /// so a mount right after `volume start` gets a usable spec from any server.
-async fn wait_ports(d: &Daemon, name: &str) {
+pub(crate) async fn wait_ports(d: &Daemon, name: &str) {
     let mut rx = d.store.subscribe();
     let ready = |cfg: &kiln_config::PoolConfig| {
         cfg.volumes

@@ -5,7 +5,10 @@
 use serde_json::{json, Value};
 use std::fmt::Write;
 
-use crate::proto::{BrickState, CliReply, NfsServerState, PeerRow, VolumeStatusView, VolumeView};
+use crate::proto::{
+    BrickHeal, BrickState, CliReply, CrawlRecord, HealOp, HealView, NfsServerState, PeerRow,
+    VolumeStatusView, VolumeView,
+};
 
 /// Text to print and the exit code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +52,101 @@ pub(crate) fn text(reply: &CliReply) -> Rendered {
             .map(volume_status)
             .collect::<Vec<_>>()
             .join("\n")),
+        CliReply::Heal(h) => ok(heal_text(h)),
     }
+}
+
+/// `volume heal` as GlusterFS prints it.
+fn heal_text(h: &HealView) -> String {
+    let mut s = format!("{}\n", h.message);
+    match h.op {
+        HealOp::Info { .. } => {
+            for b in &h.bricks {
+                let _ = write!(s, "\nBrick {}\n", b.brick);
+                if !b.connected {
+                    s.push_str("Status: Brick is Not connected\nNumber of entries: -\n");
+                    continue;
+                }
+                let _ = writeln!(s, "Number of entries: {}", b.entries.len());
+                for e in &b.entries {
+                    let _ = writeln!(s, "{e}");
+                }
+            }
+        }
+        HealOp::Statistics => {
+            for b in &h.bricks {
+                s.push_str("------------------------------------------------\n");
+                let host = b.brick.split(':').next().unwrap_or_default();
+                let _ = write!(
+                    s,
+                    "\nCrawl statistics for brick no {}\nHostname of brick {host}\n",
+                    b.index
+                );
+                if !b.connected {
+                    s.push_str("Status: Brick is Not connected\n");
+                }
+                for c in &b.crawls {
+                    let end = c.end.map_or("Could not determine the end time".into(), utc);
+                    let _ = write!(
+                        s,
+                        "\nStarting time of crawl: {}\n\nEnding time of crawl: {end}\n\nType of crawl: {}\nNo. of entries healed: {}\nNo. of entries in split-brain: {}\nNo. of heal failed entries: {}\n",
+                        utc(c.start),
+                        c.kind,
+                        c.healed,
+                        c.split_brain,
+                        c.failed
+                    );
+                }
+            }
+        }
+        _ => {}
+    }
+    s
+}
+
+/// Seconds since the epoch as `Wed Nov 25 13:07:30 2026` (UTC).
+fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MON: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{} {} {:2} {:02}:{:02}:{:02} {year}",
+        WD[(days.rem_euclid(7)) as usize],
+        MON[(month - 1) as usize],
+        day,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn crawl_json(c: &CrawlRecord) -> Value {
+    json!({
+        "type": c.kind, "start": c.start, "end": c.end, "scanned": c.scanned,
+        "healed": c.healed, "failed": c.failed, "split_brain": c.split_brain,
+    })
+}
+
+fn heal_brick_json(b: &BrickHeal) -> Value {
+    json!({
+        "index": b.index, "brick": b.brick, "connected": b.connected,
+        "number_of_entries": if b.connected { Some(b.entries.len()) } else { None },
+        "entries": b.entries,
+        "crawls": b.crawls.iter().map(crawl_json).collect::<Vec<_>>(),
+    })
 }
 
 fn peer_status(rows: &[PeerRow]) -> String {
@@ -248,6 +345,13 @@ pub(crate) fn json(reply: &CliReply) -> Rendered {
                 "brick_count": v.bricks.len(), "replica_count": v.replica_count,
                 "bricks": v.bricks, "options": v.options,
             })).collect::<Vec<_>>() }),
+            0,
+        ),
+        CliReply::Heal(h) => (
+            json!({
+                "volume": h.volume, "message": h.message,
+                "bricks": h.bricks.iter().map(heal_brick_json).collect::<Vec<_>>(),
+            }),
             0,
         ),
         CliReply::Status(vols) => (

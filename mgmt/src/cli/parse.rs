@@ -2,7 +2,7 @@
 //! `--json`, `--mode=script`, `--yes`) anywhere, then positional words
 //! (`volume create NAME [replica N] ... BRICK... [force]`).
 
-use crate::proto::{CliRequest, CreateArgs};
+use crate::proto::{CliRequest, CreateArgs, HealOp};
 
 /// Flags that apply to every command.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,6 +40,8 @@ pub(crate) const USAGE: &[&str] = &[
     "volume status [all|<VOLNAME>] [detail]",
     "volume set <VOLNAME> <KEY> <VALUE>",
     "volume reset <VOLNAME> [option] [force]",
+    "volume heal <VOLNAME> [full | statistics | info [split-brain] | split-brain {bigger-file <FILE> | latest-mtime <FILE> | source-brick <HOSTNAME:BRICKNAME> [<FILE>]}]",
+    "volume add-brick <VOLNAME> [replica <COUNT>] <NEW-BRICK> ... [force]",
 ];
 
 fn usage(prefix: &str) -> String {
@@ -201,8 +203,57 @@ fn volume(w: &[&str]) -> Result<CliRequest, String> {
             force: true,
         },
         ["reset", ..] => return Err(usage("volume reset")),
+        ["heal", v, rest @ ..] => CliRequest::VolumeHeal {
+            name: name(v),
+            op: heal_op(rest)?,
+        },
+        ["heal", ..] => return Err(usage("volume heal")),
+        ["add-brick", v, rest @ ..] => add_brick(v, rest)?,
+        ["add-brick", ..] => return Err(usage("volume add-brick")),
         [w, ..] => return Err(format!("unrecognized word: {w} (position 1)")),
         [] => return Err(usage("volume")),
+    })
+}
+
+fn heal_op(w: &[&str]) -> Result<HealOp, String> {
+    let s = |x: &str| x.to_string();
+    Ok(match w {
+        [] => HealOp::Index,
+        ["full"] => HealOp::Full,
+        ["info"] => HealOp::Info { split_brain: false },
+        ["info", "split-brain"] => HealOp::Info { split_brain: true },
+        ["statistics"] => HealOp::Statistics,
+        ["split-brain", "bigger-file", f] => HealOp::BiggerFile(s(f)),
+        ["split-brain", "latest-mtime", f] => HealOp::LatestMtime(s(f)),
+        ["split-brain", "source-brick", b] if b.contains(':') => HealOp::SourceBrick {
+            brick: s(b),
+            file: None,
+        },
+        ["split-brain", "source-brick", b, f] if b.contains(':') => HealOp::SourceBrick {
+            brick: s(b),
+            file: Some(s(f)),
+        },
+        _ => return Err(usage("volume heal")),
+    })
+}
+
+fn add_brick(v: &str, w: &[&str]) -> Result<CliRequest, String> {
+    let (replica, rest) = match w {
+        ["replica", n, rest @ ..] => (Some(count("replica", Some(n))?), rest),
+        _ => (None, w),
+    };
+    let (bricks, force) = match rest {
+        [b @ .., "force"] => (b, true),
+        b => (b, false),
+    };
+    if bricks.is_empty() || bricks.iter().any(|b| !b.contains(':')) {
+        return Err(usage("volume add-brick"));
+    }
+    Ok(CliRequest::VolumeAddBrick {
+        name: v.to_string(),
+        replica,
+        bricks: bricks.iter().map(|b| b.to_string()).collect(),
+        force,
     })
 }
 

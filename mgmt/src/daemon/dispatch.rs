@@ -148,6 +148,13 @@ async fn run_cli(d: &Arc<Daemon>, cmd: CliRequest) -> CliReply {
         CliRequest::VolumeReset { name, key, .. } => {
             volume_ops::reset(d, &name, key.as_deref()).await
         }
+        CliRequest::VolumeHeal { name, op } => crate::heal::heal(d, &name, op).await,
+        CliRequest::VolumeAddBrick {
+            name,
+            replica,
+            bricks,
+            force,
+        } => crate::add_brick::add_brick(d, &name, replica, bricks, force).await,
     }
 }
 
@@ -187,6 +194,7 @@ pub(crate) async fn handle_peer(
         PeerRequest::EnsureBricks { volume } => {
             // `volume start [force]` also restarts a gateway that died.
             d.nfs.kick();
+            d.shd.kick();
             MgmtReply::BricksStarted(d.supervisor.ensure_volume(&volume, &d.store).await)
         }
         PeerRequest::StopBricks { volume } => {
@@ -198,6 +206,10 @@ pub(crate) async fn handle_peer(
         }
         PeerRequest::Detached => peer::handle_detached(d).await,
         PeerRequest::NfsStatus => MgmtReply::NfsState(d.nfs.state().await),
+        PeerRequest::Heal(req) => match d.shd.ask(&req).await {
+            Ok(bricks) => MgmtReply::Heal(bricks),
+            Err(e) => MgmtReply::Error(e),
+        },
     };
     (reply, Bytes::new())
 }

