@@ -135,7 +135,7 @@ impl Replicate {
         Ok(Examined {
             kind,
             pending: v.iter().any(|x| *x != Verdict::Clean),
-            split_brain: v.iter().any(|x| *x == Verdict::SplitBrain),
+            split_brain: v.contains(&Verdict::SplitBrain),
         })
     }
 
