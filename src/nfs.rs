@@ -1,12 +1,14 @@
-//! `kiln nfs`: the NFSv3 + MOUNT gateway process of a server (started by
-//! `kiln server` for every started volume without `nfs.disable on`, or by
-//! hand). Fetches the volume specs from a management server, connects to the
-//! bricks, serves until SIGTERM/SIGINT, then unregisters from the portmapper.
+//! `kiln nfs`: the NFSv3 + MOUNT + NLM/NSM gateway process of a server
+//! (started by `kiln server` for every started volume without `nfs.disable
+//! on`, or by hand). Fetches the volume specs from a management server,
+//! connects to the bricks, serves until SIGTERM/SIGINT, then unregisters
+//! from the portmapper.
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use kiln_core::client::Volume;
 use kiln_nfs3::NfsConfig;
+use kiln_nlm::NlmConfig;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +46,18 @@ struct NfsCmd {
     /// nowhere (clients then need `-o port=...,mountport=...`).
     #[arg(long, default_value_t = 111)]
     portmap_port: u16,
+    /// NLM (lock manager) and NSM (status monitor) port, TCP and UDP; 0
+    /// serves no locking (clients then need `-o nolock`).
+    #[arg(long, default_value_t = 38466)]
+    nlm_port: u16,
+    /// State directory (NSM monitor records, so clients reclaim their locks
+    /// after a restart); none: nothing is kept.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Grace period in seconds after a restart that had lock clients
+    /// (only lock reclaims are granted meanwhile).
+    #[arg(long, env = "KILN_NLM_GRACE", default_value_t = 45)]
+    nlm_grace: u64,
 }
 
 /// Runs `kiln nfs ARGS` in the foreground.
@@ -71,10 +85,22 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         portmap_port: (cmd.portmap_port != 0).then_some(cmd.portmap_port),
         ..NfsConfig::default()
     };
-    crate::runtime()?.block_on(serve(servers, cmd.volumes, cfg))
+    let nlm = (cmd.nlm_port != 0).then(|| NlmConfig {
+        listen: cfg.listen,
+        port: cmd.nlm_port,
+        state_dir: cmd.state_dir.clone(),
+        grace: Duration::from_secs(cmd.nlm_grace),
+        ..NlmConfig::default()
+    });
+    crate::runtime()?.block_on(serve(servers, cmd.volumes, cfg, nlm))
 }
 
-async fn serve(servers: Vec<String>, volumes: Vec<String>, cfg: NfsConfig) -> anyhow::Result<()> {
+async fn serve(
+    servers: Vec<String>,
+    volumes: Vec<String>,
+    cfg: NfsConfig,
+    nlm_cfg: Option<NlmConfig>,
+) -> anyhow::Result<()> {
     let volumes = if volumes.is_empty() {
         kiln_mgmt::fetch_nfs_exports(&servers)
             .await
@@ -109,14 +135,38 @@ async fn serve(servers: Vec<String>, volumes: Vec<String>, cfg: NfsConfig) -> an
             tracing::warn!(volume = %name, error = %e, "nfs: volume not ready yet; serving it anyway");
         }
     }
-    let mut server = kiln_nfs3::serve_volumes(vols, cfg).await?;
+    let mut server = kiln_nfs3::serve_volumes(vols.clone(), cfg).await?;
+    let mut nlm = match nlm_cfg {
+        Some(c) => Some(
+            kiln_nlm::serve_nlm(vols, c)
+                .await
+                .context("starting NLM/NSM")?,
+        ),
+        None => None,
+    };
+    if let (Some(n), Some(pm)) = (nlm.as_mut(), server.portmapper()) {
+        if let Err(e) = n.register(pm).await {
+            tracing::error!(error = %e, "nlm: no portmapper registration; clients cannot find the lock manager");
+        }
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let nlm_wait = async {
+        match nlm.as_mut() {
+            Some(n) => n.wait().await,
+            None => std::future::pending().await,
+        }
+    };
     let result = tokio::select! {
         r = server.wait() => r,
+        r = nlm_wait => r.context("nlm listener failed"),
         _ = term.recv() => Ok(()),
         _ = tokio::signal::ctrl_c() => Ok(()),
     };
     tracing::info!("nfs gateway stopping");
+    if let (Some(n), Some(pm)) = (nlm.as_ref(), server.portmapper()) {
+        n.unregister(pm).await;
+    }
+    drop(nlm);
     server.shutdown().await;
     result
 }

@@ -42,6 +42,8 @@ pub(crate) struct NfsLaunch {
     pub(crate) volumes: Vec<String>,
     /// Log file.
     pub(crate) log_file: PathBuf,
+    /// The gateway's state directory (NLM/NSM monitor records).
+    pub(crate) state_dir: PathBuf,
 }
 
 /// The gateway process this daemon runs or adopted.
@@ -73,6 +75,7 @@ pub(crate) struct NfsSupervisor {
     listen: Option<IpAddr>,
     mgmt: String,
     run_dir: PathBuf,
+    nfs_state_dir: PathBuf,
     log_file: PathBuf,
     launcher: Arc<dyn BrickLauncher>,
     state: Mutex<State>,
@@ -95,6 +98,7 @@ impl NfsSupervisor {
             listen,
             mgmt: SocketAddr::new(mgmt_ip, mgmt_port).to_string(),
             run_dir: state_dir.join("run").join("nfs"),
+            nfs_state_dir: state_dir.join("nfs"),
             log_file: log_dir.join("nfs.log"),
             launcher,
             state: Mutex::new(State::default()),
@@ -277,6 +281,7 @@ impl NfsSupervisor {
             mgmt: self.mgmt.clone(),
             volumes: volumes.clone(),
             log_file: self.log_file.clone(),
+            state_dir: self.nfs_state_dir.clone(),
         };
         let mut child = self
             .launcher

@@ -125,6 +125,8 @@ impl BrickLauncher for ExeLauncher {
             .arg(n.volumes.join(","))
             .arg("--log-file")
             .arg(&n.log_file)
+            .arg("--state-dir")
+            .arg(&n.state_dir)
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -12,6 +12,13 @@
 //! a boot-to-poweroff cycle costs only the guest's own time.
 //! Lines the guest prints that start with `GUEST` are collected (and echoed
 //! to stderr with their arrival time); `GUEST-RESULT: PASS` means success.
+//!
+//! For locking (`run_locking`) the host's Debian `rpcbind`, `rpc.statd`,
+//! `sm-notify`, `rpcinfo` and util-linux `flock` go into the initramfs with
+//! their libraries, the files libtirpc reads, and statd's `/var/lib/nfs`
+//! (owned by `statd`); the guest starts rpcbind and rpc.statd before the
+//! script, so a mount without `nolock` starts lockd and locks go over NLM
+//! v4, and the server can call the guest back on the tap (GRANTED, NSM).
 
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
@@ -49,6 +56,11 @@ for m in $(cat /mods/order); do insmod /mods/$m.ko || echo "GUEST: insmod $m fai
 hostname knfs-guest
 ip link set lo up; ip link set eth0 up
 ip addr add $KNFS_GUEST_IP/24 dev eth0; ip route add default via $KNFS_HOST_IP
+if [ "$KNFS_LOCK" = 1 ]; then
+  rpcbind || echo "GUEST-WARN: rpcbind failed"
+  rpc.statd || echo "GUEST-WARN: rpc.statd failed"
+  rpcinfo -p 127.0.0.1 | grep -q status || echo "GUEST-WARN: statd not registered with rpcbind"
+fi
 echo "GUEST-BOOTED: kernel $(uname -r)"
 sh /guest-test.sh
 echo "GUEST-EXIT: $?"
@@ -102,6 +114,8 @@ pub struct GuestRun {
     pub boot: Option<Duration>,
     /// Time from qemu's start to its exit.
     pub total: Duration,
+    /// When qemu was started (line times count from here).
+    pub started: Instant,
 }
 
 impl GuestRun {
@@ -203,9 +217,36 @@ impl KernelClient {
         bins: &[&Path],
         timeout: Duration,
     ) -> Result<GuestRun> {
+        self.run_inner(net, script, env, bins, timeout, false)
+    }
+
+    /// As `run`, with rpcbind and rpc.statd running in the guest before the
+    /// script (`$KNFS_LOCK` is 1), so NFS mounts without `nolock` lock over
+    /// NLM; `flock` (util-linux) is in its `/sbin`. Fails if the host lacks
+    /// rpcbind or nfs-common (scripts/test.sh installs them).
+    pub fn run_locking(
+        &self,
+        net: &GuestNet,
+        script: &str,
+        env: &[(&str, &str)],
+        bins: &[&Path],
+        timeout: Duration,
+    ) -> Result<GuestRun> {
+        self.run_inner(net, script, env, bins, timeout, true)
+    }
+
+    fn run_inner(
+        &self,
+        net: &GuestNet,
+        script: &str,
+        env: &[(&str, &str)],
+        bins: &[&Path],
+        timeout: Duration,
+        lock: bool,
+    ) -> Result<GuestRun> {
         let work = tempdir()?;
         let initrd = work.join("initrd.cpio");
-        self.write_initramfs(&initrd, net, script, env, bins)?;
+        self.write_initramfs(&initrd, net, script, env, bins, lock)?;
         let _tap = Tap::create(net)?;
         let mut c = net.ns.command(&self.qemu);
         c.args(["-accel", "tcg", "-m", "512", "-smp", "1"])
@@ -242,6 +283,7 @@ impl KernelClient {
         script: &str,
         env: &[(&str, &str)],
         bins: &[&Path],
+        lock: bool,
     ) -> Result<()> {
         let mut a = Cpio::default();
         for d in [
@@ -262,21 +304,18 @@ impl KernelClient {
         }
         a.file("mods/order", 0o644, order.as_bytes());
         for bin in bins {
-            let name = bin.file_name().context("a binary without a name")?;
-            let data = std::fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
-            a.file(&format!("sbin/{}", name.to_string_lossy()), 0o755, &data);
-            for lib in libraries(bin)? {
-                let rel = lib.to_string_lossy().trim_start_matches('/').to_string();
-                if !a.has(&rel) {
-                    a.file_with_parents(&rel, 0o755, &std::fs::read(&lib)?);
-                }
-            }
+            add_bin(&mut a, bin)?;
+        }
+        if lock {
+            add_lock_tools(&mut a)?;
         }
         a.file("init", 0o755, INIT.as_bytes());
         a.file("guest-test.sh", 0o755, script.as_bytes());
         let mut envs = format!(
-            "KNFS_HOST_IP={}\nKNFS_GUEST_IP={}\nexport KNFS_HOST_IP KNFS_GUEST_IP\n",
-            net.host_ip, net.guest_ip
+            "KNFS_HOST_IP={}\nKNFS_GUEST_IP={}\nKNFS_LOCK={}\nexport KNFS_HOST_IP KNFS_GUEST_IP KNFS_LOCK\n",
+            net.host_ip,
+            net.guest_ip,
+            u8::from(lock)
         );
         for (k, v) in env {
             envs.push_str(&format!("{k}='{}'\nexport {k}\n", v.replace('\'', "")));
@@ -289,6 +328,87 @@ impl KernelClient {
         );
         std::fs::write(out, a.finish()).with_context(|| format!("writing {}", out.display()))
     }
+}
+
+/// A host executable into the guest's `/sbin`, with its libraries.
+fn add_bin(a: &mut Cpio, bin: &Path) -> Result<()> {
+    let name = bin.file_name().context("a binary without a name")?;
+    let data = std::fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
+    a.file(&format!("sbin/{}", name.to_string_lossy()), 0o755, &data);
+    for lib in libraries(bin)? {
+        let rel = lib.to_string_lossy().trim_start_matches('/').to_string();
+        if !a.has(&rel) {
+            a.file_with_parents(&rel, 0o755, &std::fs::read(&lib)?);
+        }
+    }
+    Ok(())
+}
+
+/// Host executables the locking guest needs, where Debian puts them.
+const LOCK_TOOLS: &[&str] = &[
+    "/usr/sbin/rpcbind",
+    "/usr/sbin/rpc.statd",
+    "/usr/sbin/sm-notify",
+    "/usr/sbin/rpcinfo",
+    "/usr/bin/flock",
+];
+
+/// `uid:gid` of a user, from `getent passwd` (its line goes to `passwd`).
+fn user(name: &str, passwd: &mut String) -> Result<(u32, u32)> {
+    let out = Command::new("getent")
+        .args(["passwd", name])
+        .output()
+        .context("running getent")?;
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let f: Vec<&str> = line.split(':').collect();
+    if f.len() < 4 {
+        bail!("no user {name} on this host (install rpcbind and nfs-common)");
+    }
+    passwd.push_str(&line);
+    passwd.push('\n');
+    Ok((f[2].parse()?, f[3].parse()?))
+}
+
+/// rpcbind, rpc.statd and friends with what they read, and statd's
+/// state directory owned by `statd` (it runs as the owner of `sm/`).
+fn add_lock_tools(a: &mut Cpio) -> Result<()> {
+    for t in LOCK_TOOLS {
+        let p = Path::new(t);
+        if !p.exists() {
+            bail!("{t} missing on this host (install rpcbind, nfs-common, util-linux)");
+        }
+        add_bin(a, p)?;
+    }
+    for f in ["netconfig", "services", "protocols", "rpc"] {
+        let p = Path::new("/etc").join(f);
+        if let Ok(data) = std::fs::read(&p) {
+            a.file(&format!("etc/{f}"), 0o644, &data);
+        }
+    }
+    a.file(
+        "etc/nsswitch.conf",
+        0o644,
+        b"passwd: files\ngroup: files\nhosts: files\nservices: files\nprotocols: files\nrpc: files\n",
+    );
+    let mut passwd = String::from("root:x:0:0:root:/root:/bin/sh\n");
+    let (rpc_uid, rpc_gid) = user("_rpc", &mut passwd)?;
+    let (statd_uid, statd_gid) = user("statd", &mut passwd)?;
+    passwd.push_str("nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n");
+    a.file("etc/passwd", 0o644, passwd.as_bytes());
+    a.file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n");
+    for d in ["var", "var/lib", "usr"] {
+        if !a.has(d) {
+            a.dir(d);
+        }
+    }
+    a.entry_owned("var/lib/nfs", 0o040755, statd_uid, statd_gid, &[]);
+    a.entry_owned("var/lib/nfs/sm", 0o040700, statd_uid, statd_gid, &[]);
+    a.entry_owned("var/lib/nfs/sm.bak", 0o040700, statd_uid, statd_gid, &[]);
+    a.entry_owned("var/lib/nfs/state", 0o100644, statd_uid, statd_gid, &[]);
+    a.entry_owned("run/rpcbind", 0o040755, rpc_uid, rpc_gid, &[]);
+    a.symlink("var/run", "../run");
+    a.symlink("usr/sbin", "../sbin");
+    Ok(())
 }
 
 /// The shared libraries `ldd` lists for `bin` (with the dynamic loader).
@@ -548,6 +668,7 @@ fn run_qemu(mut c: Command, timeout: Duration) -> Result<GuestRun> {
         lines,
         console,
         total,
+        started: start,
     };
     Ok(run)
 }
@@ -582,14 +703,22 @@ impl Cpio {
     }
 
     fn entry(&mut self, name: &str, mode: u32, data: &[u8]) {
+        self.entry_owned(name, mode, 0, 0, data);
+    }
+
+    fn symlink(&mut self, name: &str, target: &str) {
+        self.entry(name, 0o120777, target.as_bytes());
+    }
+
+    fn entry_owned(&mut self, name: &str, mode: u32, uid: u32, gid: u32, data: &[u8]) {
         self.ino += 1;
         self.names.insert(name.to_string());
         let header = format!(
             "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
             self.ino,
             mode,
-            0,
-            0,
+            uid,
+            gid,
             1,
             0,
             data.len(),

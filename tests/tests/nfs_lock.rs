@@ -1,0 +1,291 @@
+//! NFS locking with the Linux kernel's own client: NLM v4 and NSM against
+//! Kiln's gateway. A 2-server pool with a distributed volume; a qemu guest
+//! (`kiln_tests::knfs`, run with rpcbind + rpc.statd) on a tap in node01's
+//! namespace mounts node01's address over TCP *without* `nolock`, so its
+//! lockd talks NLM to the gateway and the gateway calls it back.
+//!
+//! The guest takes an fcntl lock and a flock (both NLM LOCK/UNLOCK); holds
+//! a lock while the host's FUSE client tries F_SETLK on the same file
+//! (EAGAIN: both are the bricks' POSIX locks); then, against a lock a FUSE
+//! process holds, its non-blocking fcntl and flock fail, F_GETLK (NLM TEST)
+//! names the holder, and a blocking fcntl waits until the FUSE side
+//! releases, when the gateway's GRANTED callback wakes it (measured: the
+//! time from the release to the guest going on).
+//!
+//! Guest and host take turns through two small files on the volume
+//! (`ctl-guest` written by the guest over NFS, `ctl-host` by the host
+//! over FUSE).
+
+use kiln_tests::knfs::{GuestNet, KernelClient};
+use kiln_tests::{check_prerequisites, wait_until, Cluster};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const GUEST_SCRIPT: &str = r#"
+fail() { echo "GUEST-FAIL: $*"; exit 1; }
+D=/mnt/n/locks
+say() { echo "$1" >> $D/ctl-guest || fail "writing ctl-guest"; }
+waitfor() {
+  i=0
+  while ! grep -qx "$1" $D/ctl-host; do
+    sleep 0.2; i=$((i+1)); [ $i -lt 400 ] || fail "waiting for the host to say $1"
+  done
+}
+mkdir -p /mnt/n
+mount -t nfs -o vers=3,proto=tcp $SERVER:/vol1 /mnt/n || fail "mount"
+grep " /mnt/n " /proc/mounts | sed 's/^/GUEST-MOUNTS: /'
+rpcinfo -p 127.0.0.1 | grep -q nlockmgr && echo "GUEST-LOCKD: registered"
+
+# 1. Uncontended: an fcntl lock and a flock, granted over NLM.
+out=$(knfs-lock $D/a w 0 100 0 0) || fail "fcntl lock on a: $out"
+echo "GUEST-FCNTL: $out" | tr '\n' ' '; echo
+flock -x -w 20 $D/a -c 'echo GUEST-FLOCK: held' || fail "flock on a"
+
+# 2. A guest lock makes a FUSE F_SETLK fail.
+mkfifo /tmp/hb
+knfs-lock $D/b w 0 0 0 stdin < /tmp/hb > /tmp/b.out &
+exec 3>/tmp/hb
+i=0; until grep -q LOCKED /tmp/b.out; do sleep 0.2; i=$((i+1)); [ $i -lt 100 ] || fail "lock on b: $(cat /tmp/b.out)"; done
+say held-b
+waitfor checked-b
+exec 3>&-
+wait
+echo "GUEST-B: $(cat /tmp/b.out | tr '\n' ' ')"
+
+# 3. A FUSE process holds c: non-blocking locks fail, TEST names it,
+#    a blocking lock waits for the release and the GRANTED callback.
+waitfor fuse-holds-c
+out=$(knfs-lock $D/c w 0 0 0 0) && fail "fcntl on c granted while FUSE holds it: $out"
+echo "GUEST-CNB: $out"
+flock -n -x $D/c -c true && fail "flock -n on c granted while FUSE holds it"
+echo "GUEST-CFLOCKNB: refused"
+echo "GUEST-CTEST: $(knfs-lock $D/c t 0 0 0 0)"
+say waiting-c
+echo "GUEST-CWAIT: start"
+out=$(knfs-lock $D/c w 0 0 1 0) || fail "blocking lock on c: $out"
+echo "GUEST-CGOT: $out" | tr '\n' ' '; echo
+say got-c
+umount /mnt/n || fail "umount"
+echo "GUEST-RESULT: PASS"
+"#;
+
+/// Reads a small file through FUSE (may lag a little behind NFS writes).
+fn read_ctl(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+/// Waits until the guest has appended line `want` to `p`.
+fn wait_ctl(p: &Path, want: &str, timeout: Duration) -> Result<(), String> {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if read_ctl(p).lines().any(|l| l == want) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!(
+        "the guest never said {want} (last: {:?})",
+        read_ctl(p)
+    ))
+}
+
+/// A FUSE-side lock holder (knfs-lock with HOLD=stdin), once it holds.
+fn hold(tool: &Path, file: &Path) -> Child {
+    let mut child = Command::new(tool)
+        .arg(file)
+        .args(["w", "0", "0", "1", "stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting knfs-lock");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("reading knfs-lock");
+    assert!(line.starts_with("LOCKED"), "FUSE holder: {line}");
+    child
+}
+
+/// One F_SETLK attempt through FUSE: the tool's output.
+fn try_lock(tool: &Path, file: &Path) -> String {
+    let out = Command::new(tool)
+        .arg(file)
+        .args(["w", "0", "0", "0", "0"])
+        .output()
+        .expect("running knfs-lock");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn kernel_client_locks_over_nlm() {
+    check_prerequisites().unwrap();
+    let kc = match KernelClient::prepare() {
+        Ok(kc) => kc,
+        Err(e) => {
+            eprintln!(
+                "SKIPPED nfs_lock: the Linux NFS client cannot be booted here (qemu TCG): {e:#}"
+            );
+            return;
+        }
+    };
+    let t0 = Instant::now();
+    let c = Cluster::pool(2).unwrap();
+    c.create_started_volume("vol1", &[1, 2]).unwrap();
+    let n1 = c.node(1);
+    wait_until(
+        "node01's gateway to serve NLM on 38466",
+        Duration::from_secs(60),
+        || {
+            let l = n1.listeners();
+            l.iter()
+                .any(|l| l.port == 2049 && l.cmdline.contains(" nfs "))
+                && l.iter()
+                    .any(|l| l.port == 38466 && l.cmdline.contains(" nfs "))
+        },
+    )
+    .unwrap();
+
+    let m = c.client().mount("node01:/vol1").unwrap();
+    let dir = m.join("locks");
+    std::fs::create_dir(&dir).unwrap();
+    for f in ["a", "b", "c", "ctl-guest", "ctl-host"] {
+        std::fs::write(dir.join(f), b"").unwrap();
+    }
+    let tool = PathBuf::from(env!("CARGO_BIN_EXE_knfs-lock"));
+    let (ctl_guest, ctl_host) = (dir.join("ctl-guest"), dir.join("ctl-host"));
+    // The host appends its lines to ctl-host (the guest greps for them).
+    let say = move |what: &str| {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&ctl_host)
+            .unwrap();
+        f.write_all(format!("{what}\n").as_bytes()).unwrap();
+    };
+
+    // The host's side of the script, in step with the guest.
+    let (tx, rx) = mpsc::channel::<Result<(String, u32, Instant, Instant), String>>();
+    let host = {
+        let (tool, dir, ctl_guest) = (tool.clone(), dir.clone(), ctl_guest.clone());
+        let say = say.clone();
+        std::thread::spawn(move || {
+            let r = (|| -> Result<(String, u32, Instant, Instant), String> {
+                wait_ctl(&ctl_guest, "held-b", Duration::from_secs(180))?;
+                let fuse_b = try_lock(&tool, &dir.join("b"));
+                say("checked-b");
+                let mut holder = hold(&tool, &dir.join("c"));
+                let holder_pid = holder.id();
+                say("fuse-holds-c");
+                if let Err(e) = wait_ctl(&ctl_guest, "waiting-c", Duration::from_secs(60)) {
+                    let _ = holder.kill();
+                    let _ = holder.wait();
+                    return Err(e);
+                }
+                // Let the guest's blocking LOCK reach the gateway and wait.
+                std::thread::sleep(Duration::from_secs(4));
+                let released = Instant::now();
+                if let Some(mut stdin) = holder.stdin.take() {
+                    let _ = stdin.write_all(b"go\n");
+                }
+                let _ = holder.wait();
+                wait_ctl(&ctl_guest, "got-c", Duration::from_secs(60))?;
+                Ok((fuse_b, holder_pid, released, Instant::now()))
+            })();
+            let _ = tx.send(r);
+        })
+    };
+
+    let net = GuestNet::in_namespace(n1.ns());
+    let server = n1.addr().to_string();
+    let run = kc
+        .run_locking(
+            &net,
+            GUEST_SCRIPT,
+            &[("SERVER", server.as_str())],
+            &[tool.as_path()],
+            Duration::from_secs(240),
+        )
+        .unwrap();
+    let host_side = rx.recv_timeout(Duration::from_secs(5));
+    let _ = host.join();
+    let nfs_log = std::fs::read_to_string(n1.log_dir().join("nfs.log")).unwrap_or_default();
+    if !run.passed || !matches!(host_side, Ok(Ok(_))) {
+        c.dump_logs();
+        let tail: Vec<&str> = run.console.lines().rev().take(80).collect();
+        panic!(
+            "guest: {:?}; host side: {host_side:?}\n--- console (last lines)\n{}",
+            run.tagged("FAIL"),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    let (fuse_b, holder_pid, released, host_saw_got) = host_side.unwrap().unwrap();
+
+    // Mounted with locking (no nolock), lockd registered in the guest.
+    let mounts = run.tagged("MOUNTS");
+    assert!(
+        !mounts.is_empty() && !mounts[0].contains("nolock"),
+        "{mounts:?}"
+    );
+    assert_eq!(run.tagged("LOCKD"), ["registered"]);
+    // 1. Granted fcntl lock and flock.
+    let fcntl = run.tagged("FCNTL");
+    assert!(
+        fcntl[0].starts_with("LOCKED") && fcntl[0].contains("UNLOCKED"),
+        "{fcntl:?}"
+    );
+    assert_eq!(run.tagged("FLOCK"), ["held"]);
+    // 2. The guest's lock refused the FUSE client's F_SETLK.
+    assert_eq!(fuse_b, "DENIED EAGAIN", "FUSE F_SETLK under a guest lock");
+    assert!(
+        run.tagged("B")[0].contains("UNLOCKED"),
+        "{:?}",
+        run.tagged("B")
+    );
+    // 3. Under the FUSE lock: refusals, TEST names a holder, then the wait.
+    let cnb = run.tagged("CNB");
+    assert!(cnb[0].starts_with("DENIED"), "{cnb:?}");
+    assert_eq!(run.tagged("CFLOCKNB"), ["refused"]);
+    let ctest = run.tagged("CTEST");
+    // F_GETLK over NLM TEST names the FUSE process (Linux shows a remote
+    // holder's pid negated).
+    assert_eq!(
+        ctest[0],
+        format!("HELD -{holder_pid} 0 0 w"),
+        "the guest's F_GETLK"
+    );
+    let got = run.tagged("CGOT");
+    assert!(got[0].starts_with("LOCKED"), "{got:?}");
+    // The release and the guest's wake-up on one clock (qemu's start).
+    let release_at = released.duration_since(run.started);
+    let got_at = run.time_of("GUEST-CGOT").expect("GUEST-CGOT time");
+    let start_at = run.time_of("GUEST-CWAIT").expect("GUEST-CWAIT time");
+    let wake = got_at.saturating_sub(release_at);
+    assert!(
+        got_at > release_at,
+        "the guest got the lock before the FUSE side released it"
+    );
+    assert!(
+        wake < Duration::from_secs(5),
+        "the guest went on {wake:?} after the release (GRANTED callback expected at once)"
+    );
+    assert!(
+        nfs_log.contains("GRANTED callback accepted"),
+        "the gateway's log shows no accepted GRANTED callback"
+    );
+    assert!(
+        nfs_log.contains("nsm: monitoring a new client host"),
+        "{nfs_log}"
+    );
+    eprintln!(
+        "nfs_lock figures: guest boot {:.1}s; blocked {:.1}s in all; woken {:.2}s after the FUSE release (host saw it {:.2}s after); qemu total {:.1}s; test total {:.1}s",
+        run.boot.map(|t| t.as_secs_f64()).unwrap_or(f64::NAN),
+        got_at.saturating_sub(start_at).as_secs_f64(),
+        wake.as_secs_f64(),
+        host_saw_got.duration_since(released).as_secs_f64(),
+        run.total.as_secs_f64(),
+        t0.elapsed().as_secs_f64(),
+    );
+    m.umount().unwrap();
+}
