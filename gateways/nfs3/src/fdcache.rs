@@ -1,23 +1,128 @@
 //! Open files kept between stateless NFS calls: one fd per file gfid (so READ
-//! and WRITE do not open per call) with its last known attributes, and open
+//! and WRITE do not open per call) with its last known attributes and its
+//! write-behind queue (UNSTABLE writes, in order, to the volume), and open
 //! directories keyed by READDIR cookie verifier (a listing continues on the
 //! same snapshot). Entries idle past a timeout, or beyond a count, are
 //! released by `reap`; an entry in use is never released under a call.
 
+use bytes::Bytes;
 use kiln_core::client::{Fd, Volume};
-use kiln_core::{FsResult, Gfid, Iatt};
+use kiln_core::{FsError, FsResult, Gfid, Iatt};
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Attributes younger than this are reused for permission checks on WRITE.
 pub const ATTR_FRESH: Duration = Duration::from_secs(1);
+
+/// UNSTABLE WRITE data a volume's gateway holds before it reaches the
+/// bricks, in KiB (a WRITE beyond it waits for earlier ones to land).
+pub const WRITE_BEHIND_KIB: usize = 32 * 1024;
 
 struct FileEntry {
     fd: Arc<Fd>,
     used: Instant,
     attr: Option<(Iatt, Instant)>,
+    writer: Option<Arc<Writer>>,
+}
+
+/// One queued UNSTABLE write (it keeps its queue alive until applied).
+struct Job {
+    writer: Arc<Writer>,
+    fd: Arc<Fd>,
+    offset: u64,
+    data: Bytes,
+    _budget: OwnedSemaphorePermit,
+}
+
+/// The write-behind queue of one file: a task applies its writes in the
+/// order they were accepted; the first failure is kept for COMMIT.
+struct Writer {
+    tx: mpsc::UnboundedSender<Job>,
+    pending: AtomicUsize,
+    idle: Notify,
+    error: Mutex<Option<FsError>>,
+}
+
+impl Writer {
+    fn start(volume: Arc<Volume>, gfid: Gfid) -> Arc<Writer> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let w = Arc::new(Writer {
+            tx,
+            pending: AtomicUsize::new(0),
+            idle: Notify::new(),
+            error: Mutex::new(None),
+        });
+        // The task ends when the last handle (file entry or queued job) goes.
+        tokio::spawn(async move {
+            // A fd reopened after the cached one went bad (brick restart).
+            let mut reopened: Option<Arc<Fd>> = None;
+            while let Some(job) = rx.recv().await {
+                let w = job.writer.clone();
+                let len = job.data.len();
+                let fd = reopened.clone().unwrap_or_else(|| job.fd.clone());
+                let mut r = volume.write(&fd, job.offset, job.data.clone()).await;
+                if matches!(&r, Err(e) if stale_fd(e)) {
+                    if let Ok(fd) = volume.open(gfid, libc::O_RDWR).await {
+                        let fd = Arc::new(fd);
+                        r = volume.write(&fd, job.offset, job.data.clone()).await;
+                        if let Some(old) = reopened.replace(fd) {
+                            release(&volume, old);
+                        }
+                    }
+                }
+                let failed = match r {
+                    Ok((n, _)) if n as usize == len => None,
+                    Ok((n, _)) => Some(FsError::Io(format!("short write: {n} of {len} bytes"))),
+                    Err(e) => Some(e),
+                };
+                if let Some(e) = failed {
+                    tracing::warn!(%gfid, offset = job.offset, len, error = %e, "nfs: a write-behind write failed");
+                    w.error.lock().get_or_insert(e);
+                }
+                drop(job);
+                if w.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    w.idle.notify_waiters();
+                }
+            }
+            if let Some(fd) = reopened {
+                release(&volume, fd);
+            }
+        });
+        w
+    }
+
+    /// Waits until every accepted write has been applied.
+    async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.pending.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// True for errors that a fresh open may cure (the cached fd went bad).
+pub(crate) fn stale_fd(e: &FsError) -> bool {
+    matches!(
+        e,
+        FsError::BadFd | FsError::Stale | FsError::NotConnected(_)
+    )
+}
+
+fn release(vol: &Arc<Volume>, fd: Arc<Fd>) {
+    let vol = vol.clone();
+    tokio::spawn(async move {
+        let _ = vol.flush(&fd, 0).await;
+        let _ = vol.release(&fd).await;
+    });
 }
 
 struct DirEntry {
@@ -35,6 +140,8 @@ pub struct FdCache {
     idle: Duration,
     max_files: usize,
     max_dirs: usize,
+    /// Write-behind budget in KiB, shared by the volume's files.
+    wb_budget: Arc<Semaphore>,
 }
 
 impl FdCache {
@@ -48,7 +155,64 @@ impl FdCache {
             idle,
             max_files: 1024,
             max_dirs: 256,
+            wb_budget: Arc::new(Semaphore::new(WRITE_BEHIND_KIB)),
         }
+    }
+
+    /// Queues an UNSTABLE write of `data` at `offset` through `fd`; it
+    /// reaches the volume after every write queued before it. Waits while
+    /// the volume's write-behind budget is spent.
+    pub async fn write_behind(&self, gfid: Gfid, fd: Arc<Fd>, offset: u64, data: Bytes) {
+        let kib = data.len().div_ceil(1024).clamp(1, WRITE_BEHIND_KIB) as u32;
+        let Ok(budget) = self.wb_budget.clone().acquire_many_owned(kib).await else {
+            return;
+        };
+        let writer = {
+            let mut files = self.files.lock();
+            match files.get_mut(&gfid) {
+                Some(e) => e
+                    .writer
+                    .get_or_insert_with(|| Writer::start(self.volume.clone(), gfid))
+                    .clone(),
+                // Evicted meanwhile: a queue of its own, gone when drained.
+                None => Writer::start(self.volume.clone(), gfid),
+            }
+        };
+        writer.pending.fetch_add(1, Ordering::AcqRel);
+        let job = Job {
+            writer: writer.clone(),
+            fd,
+            offset,
+            data,
+            _budget: budget,
+        };
+        if writer.tx.send(job).is_err() {
+            writer.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Waits until the queued writes of `gfid` have reached the volume
+    /// (before anything that must see them: READ, attributes, COMMIT).
+    pub async fn drain(&self, gfid: Gfid) {
+        let writer = self.writer(gfid);
+        if let Some(w) = writer {
+            w.wait_idle().await;
+        }
+    }
+
+    /// The first failure of a queued write of `gfid` since the last call
+    /// (COMMIT reports it).
+    pub fn take_write_error(&self, gfid: Gfid) -> Option<FsError> {
+        self.writer(gfid)?.error.lock().take()
+    }
+
+    /// True if a queued write of `gfid` failed and no COMMIT reported it yet.
+    pub fn has_write_error(&self, gfid: Gfid) -> bool {
+        self.writer(gfid).is_some_and(|w| w.error.lock().is_some())
+    }
+
+    fn writer(&self, gfid: Gfid) -> Option<Arc<Writer>> {
+        self.files.lock().get(&gfid).and_then(|e| e.writer.clone())
     }
 
     /// An open fd for file `gfid`, opening it (read-write, else read-only) if needed.
@@ -84,6 +248,7 @@ impl FdCache {
                 fd: fd.clone(),
                 used: Instant::now(),
                 attr: None,
+                writer: None,
             },
         );
         fd

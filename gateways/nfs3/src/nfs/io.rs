@@ -1,6 +1,8 @@
 //! READ, WRITE (UNSTABLE / DATA_SYNC / FILE_SYNC with this instance's write
 //! verifier), COMMIT and READLINK. File data goes through the fd cache, so a
-//! stream of READs or WRITEs opens the file once.
+//! stream of READs or WRITEs opens the file once; UNSTABLE writes are queued
+//! behind (in order) and answered at once, and READ, attributes and COMMIT
+//! wait for the queue (COMMIT reports a queued write that failed).
 
 use bytes::Bytes;
 use kiln_core::{FileKind, FsError, Iatt};
@@ -12,16 +14,9 @@ use super::attr::post_op_none;
 use super::{max_io, ok, wcc, Fail, NfsProgram, Res};
 use crate::args::{RangeArgs, RawFh, WriteArgs};
 use crate::error::nfsstat3;
+use crate::fdcache::stale_fd;
 use crate::gateway::Target;
 use crate::types::*;
-
-/// True for errors that a fresh open may cure (the cached fd went bad).
-fn stale_fd(e: &FsError) -> bool {
-    matches!(
-        e,
-        FsError::BadFd | FsError::Stale | FsError::NotConnected(_)
-    )
-}
 
 /// Why a non-regular file cannot be read or written.
 fn kind_error(a: &Iatt) -> Option<NfsStat3> {
@@ -43,6 +38,7 @@ impl NfsProgram {
             .map_err(|s| Fail::raw(s, post_op_none()))?;
         let vol = &t.vol;
         let count = args.count.min(max_io(ctx.transport));
+        vol.fds.drain(t.gfid).await;
         let a = match vol.fds.fresh_attr(t.gfid) {
             Some(a) => a,
             None => self.stat(&t).await.map_err(|s| Fail::attr(s, vol, None))?,
@@ -94,9 +90,14 @@ impl NfsProgram {
             return Err(Fail::wcc(NfsStat3::NFS3ERR_ROFS, &none));
         }
         let data = &args.data[..args.data.len().min(args.count as usize)];
+        // For the type and permission checks only: no wait for queued writes.
         let before = match vol.fds.fresh_attr(t.gfid) {
             Some(a) => a,
-            None => self.stat(&t).await.map_err(|s| Fail::wcc(s, &none))?,
+            None => {
+                let a = self.stat_now(&t).await.map_err(|s| Fail::wcc(s, &none))?;
+                vol.fds.note_attr(&a);
+                a
+            }
         };
         let same = wcc(vol, Some(&before), Some(&before));
         if let Some(s) = kind_error(&before) {
@@ -106,6 +107,33 @@ impl NfsProgram {
             return Err(Fail::wcc(NfsStat3::NFS3ERR_ACCES, &same));
         }
         let payload = Bytes::copy_from_slice(data);
+        if args.stable == StableHow::UNSTABLE && !payload.is_empty() {
+            // Behind: answered now, applied in order; COMMIT (or a failure
+            // already known) reports errors. No post-op attributes: the
+            // data has not landed yet.
+            if vol.fds.has_write_error(t.gfid) {
+                let e = vol.fds.take_write_error(t.gfid);
+                let s = e.as_ref().map_or(NfsStat3::NFS3ERR_IO, nfsstat3);
+                return Err(Fail::wcc(s, &same));
+            }
+            let fd = self
+                .file_fd(&t)
+                .await
+                .map_err(|e| Fail::wcc(nfsstat3(&e), &same))?;
+            let n = payload.len() as u32;
+            vol.fds.write_behind(t.gfid, fd, args.offset, payload).await;
+            let mut w = ok();
+            WccData::default().encode(&mut w);
+            w.put_u32(n);
+            w.put_u32(StableHow::UNSTABLE as u32);
+            w.put_fixed(&self.gw.write_verf);
+            return Ok(w);
+        }
+        // Stable writes land after the queued ones.
+        vol.fds.drain(t.gfid).await;
+        if let Some(e) = vol.fds.take_write_error(t.gfid) {
+            return Err(Fail::wcc(nfsstat3(&e), &same));
+        }
         let mut retried = false;
         let (fd, n, after) = loop {
             let fd = self
@@ -148,10 +176,14 @@ impl NfsProgram {
             .target(args.file, ctx)
             .map_err(|s| Fail::wcc(s, &none))?;
         let vol = &t.vol;
+        // `stat` waits for the queued writes.
         let before = self.stat(&t).await.map_err(|s| Fail::wcc(s, &none))?;
         let same = wcc(vol, Some(&before), Some(&before));
         if let Some(s) = kind_error(&before) {
             return Err(Fail::wcc(s, &same));
+        }
+        if let Some(e) = vol.fds.take_write_error(t.gfid) {
+            return Err(Fail::wcc(nfsstat3(&e), &same));
         }
         let fd = self
             .file_fd(&t)

@@ -117,7 +117,14 @@ impl NfsProgram {
     }
 
     /// Attributes of the target (STALE when it no longer exists).
+    /// Waits for the file's queued UNSTABLE writes first.
     pub(crate) async fn stat(&self, t: &Target) -> Result<Iatt, NfsStat3> {
+        t.vol.fds.drain(t.gfid).await;
+        self.stat_now(t).await
+    }
+
+    /// `stat` without waiting for queued writes (their sizes may be missing).
+    pub(crate) async fn stat_now(&self, t: &Target) -> Result<Iatt, NfsStat3> {
         let a = t
             .vol
             .volume
