@@ -4,6 +4,7 @@
 //! `bench`, and the CLI.
 
 mod bench;
+mod bench_nfs;
 mod logging;
 mod nfs;
 mod shd;
@@ -76,6 +77,7 @@ fn dispatch(args: &[String]) -> i32 {
         "mount" => return run_mount(rest),
         "up" => up::run(rest),
         "bench" => bench::run(rest),
+        "bench-nfs" => bench_nfs::run(rest),
         "help" | "--help" | "-h" => {
             println!("{}", USAGE);
             Ok(())
@@ -104,6 +106,7 @@ const USAGE: &str = "usage: kiln <command> ...
   peer probe|detach|status HOST ; pool list
   volume create|start|stop|delete|info|status|set|heal|add-brick ...
   bench MOUNT [--local DIR]                                  Kiln vs the local disk
+  bench-nfs [--size-mib N] [--files N] [--rounds N]          Kiln's NFS gateway vs nfs-ganesha
 global CLI options: --remote-host HOST  --json  --mode=script";
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
