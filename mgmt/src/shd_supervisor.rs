@@ -31,6 +31,8 @@ const SETTLE_MAX: Duration = Duration::from_secs(5);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long a heal command waits for the heal daemon.
 const ASK_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a heal command waits for a starting heal daemon's socket.
+const SOCKET_WAIT: Duration = Duration::from_secs(10);
 
 /// What the heal daemon process is started with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,9 +127,19 @@ impl ShdSupervisor {
         self.run_dir.join("shd.sock")
     }
 
-    /// Sends `req` to this server's heal daemon; no bricks if this server
-    /// runs none for that volume.
-    pub(crate) async fn ask(&self, req: &ShdRequest) -> Result<Vec<BrickHeal>, String> {
+    /// Sends `req` to this server's heal daemon, first bringing the daemon
+    /// in line with `cfg` (a command right after `add-brick` reaches a
+    /// daemon that heals the new graph); no bricks if this server runs none
+    /// for that volume.
+    pub(crate) async fn ask(
+        &self,
+        req: &ShdRequest,
+        cfg: &PoolConfig,
+    ) -> Result<Vec<BrickHeal>, String> {
+        if !self.launcher.runs_shd() {
+            return Ok(Vec::new());
+        }
+        self.reconcile(cfg).await;
         let runs = {
             let st = self.state.lock().await;
             st.proc
@@ -137,7 +149,16 @@ impl ShdSupervisor {
         if !runs {
             return Ok(Vec::new());
         }
-        crate::shd::ask_shd(&self.socket(), req, ASK_TIMEOUT).await
+        // A daemon just (re)started binds its socket within moments.
+        let deadline = tokio::time::Instant::now() + SOCKET_WAIT;
+        loop {
+            match crate::shd::ask_shd(&self.socket(), req, ASK_TIMEOUT).await {
+                Err(e) if e.contains("not running") && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Follows the config until the store goes away: reconciles, then waits

@@ -264,3 +264,216 @@ fn the_heal_daemon_heals_a_returning_server_without_clients() {
     let log = std::fs::read_to_string(c.node(1).log_dir().join("shd.log")).unwrap();
     assert!(log.contains("index crawl done"), "{log}");
 }
+
+/// Reads `rel` through a fresh mount (no cached pages or attributes).
+fn fresh_read(c: &Cluster, vol: &str, rel: &str) -> std::io::Result<Vec<u8>> {
+    let m = c.client().mount(&format!("node01:/{vol}")).unwrap();
+    std::fs::read(m.join(rel))
+}
+
+/// Waits until `rel` on brick `b` holds `want`.
+fn wait_brick_content(b: &Path, rel: &str, want: &[u8]) {
+    wait_until(
+        &format!("{} to hold {:?}", b.join(rel).display(), String::from_utf8_lossy(want)),
+        Duration::from_secs(30),
+        || std::fs::read(b.join(rel)).is_ok_and(|x| x == want),
+    )
+    .unwrap();
+}
+
+#[test]
+fn split_brain_is_detected_and_resolved_by_each_policy() {
+    check_prerequisites().unwrap();
+    const VOL: &str = "sbv";
+    // node03 holds no brick: it keeps the pool's Raft majority while
+    // node01 or node02 is down, and answers the CLI.
+    let c = Cluster::pool(3).unwrap();
+    let bricks = create_replicated(&c, VOL, 2, &[1, 2]);
+    c.node(1)
+        .kiln_ok(&["volume", "set", VOL, "cluster.quorum-type", "none"])
+        .unwrap();
+    let m = c.client().mount(&format!("node01:/{VOL}")).unwrap();
+    let files = ["sb1", "sb2", "sb3", "sb4"];
+    for f in files {
+        std::fs::write(m.join(f), b"init\n").unwrap();
+    }
+    for f in files {
+        wait_brick_content(&bricks[1], f, b"init\n");
+    }
+    let side1: [&[u8]; 4] = [
+        &[b'1'; 3000],
+        b"older on node01\n",
+        b"from node01\n",
+        b"node01 sb4\n",
+    ];
+    let side2: [&[u8]; 4] = [
+        b"small\n",
+        b"newest on node02\n",
+        b"from node02\n",
+        b"node02 sb4\n",
+    ];
+    // Round 1: node02 down, node01's copies change.
+    c.node(2).kill().unwrap();
+    for (f, data) in files.iter().zip(side1) {
+        std::fs::write(m.join(f), data).unwrap();
+    }
+    for (f, data) in files.iter().zip(side1) {
+        wait_brick_content(&bricks[0], f, data);
+    }
+    // Round 2: node01 down before node02 returns (so nobody heals), and
+    // node02's copies change.
+    c.node(1).kill().unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    c.node(2).start().unwrap();
+    wait_brick(&c, 2, &bricks[1]);
+    wait_until("the client to write to node02 again", Duration::from_secs(60), || {
+        std::fs::write(m.join(files[0]), side2[0]).is_ok()
+    })
+    .unwrap();
+    for (f, data) in files.iter().zip(side2) {
+        std::fs::write(m.join(f), data).unwrap();
+    }
+    for (f, data) in files.iter().zip(side2) {
+        wait_brick_content(&bricks[1], f, data);
+    }
+    drop(m);
+    // Both back: the copies accuse each other.
+    c.node(1).start().unwrap();
+    wait_brick(&c, 1, &bricks[0]);
+    let err = fresh_read(&c, VOL, "sb1").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let listed = wait_for("heal info split-brain to list the files", Duration::from_secs(60), || {
+        let info = heal_info(&c, 3, VOL, true);
+        let all = info
+            .iter()
+            .all(|(_, up, e)| *up && files.iter().all(|f| e.contains(&format!("/{f}"))));
+        Ok(all.then_some(info))
+    });
+    if listed.is_err() {
+        c.dump_logs();
+    }
+    let listed = listed.unwrap();
+    eprintln!("heal info split-brain: {listed:?}");
+    let text = c
+        .node(3)
+        .kiln_ok(&["volume", "heal", VOL, "info", "split-brain"])
+        .unwrap();
+    assert!(text.contains("Number of entries: 4\n/sb"), "{text}");
+    // Still in split-brain after the heal daemon had its chances.
+    c.node(1).kiln_ok(&["volume", "heal", VOL]).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(fresh_read(&c, VOL, "sb2").is_err());
+
+    // bigger-file: node01's 3000 bytes win.
+    let out = c
+        .node(3)
+        .kiln_ok(&["volume", "heal", VOL, "split-brain", "bigger-file", "/sb1"])
+        .unwrap();
+    assert!(out.contains("Healed /sb1"), "{out}");
+    // latest-mtime: node02's copy, written last, wins.
+    c.node(2)
+        .kiln_ok(&["volume", "heal", VOL, "split-brain", "latest-mtime", "sb2"])
+        .unwrap();
+    // source-brick with a file: node02's copy of sb3.
+    let b2 = c.node(2).brick_spec(&format!("{VOL}.b1"));
+    let b1 = c.node(1).brick_spec(&format!("{VOL}.b0"));
+    c.node(1)
+        .kiln_ok(&["volume", "heal", VOL, "split-brain", "source-brick", &b2, "/sb3"])
+        .unwrap();
+    // A file not in split-brain is refused.
+    let out = c
+        .node(1)
+        .kiln(&["volume", "heal", VOL, "split-brain", "bigger-file", "/sb1"])
+        .unwrap();
+    assert!(!out.success() && out.stderr.contains("not in split-brain"), "{out}");
+    // source-brick without a file: every file left in split-brain (sb4).
+    let out = c
+        .node(3)
+        .kiln_ok(&["volume", "heal", VOL, "split-brain", "source-brick", &b1])
+        .unwrap();
+    assert!(out.contains("Number of healed entries: 1"), "{out}");
+
+    let want: [&[u8]; 4] = [side1[0], side2[1], side2[2], side1[3]];
+    for (f, w) in files.iter().zip(want) {
+        assert_eq!(fresh_read(&c, VOL, f).unwrap(), w, "{f}");
+        for b in &bricks {
+            assert_eq!(std::fs::read(b.join(f)).unwrap(), w, "{f} on {}", b.display());
+            assert!(clean(VOL, 2, &b.join(f)), "{f} on {}", b.display());
+        }
+    }
+    wait_until("heal info split-brain to be empty", Duration::from_secs(30), || {
+        heal_info(&c, 3, VOL, true).iter().all(|(_, up, e)| *up && e.is_empty())
+    })
+    .unwrap();
+}
+
+#[test]
+fn add_brick_raises_the_replica_count_and_heal_full_fills_the_new_brick() {
+    check_prerequisites().unwrap();
+    const VOL: &str = "abv";
+    let c = Cluster::pool(3).unwrap();
+    let mut bricks = create_replicated(&c, VOL, 2, &[1, 2]);
+    let m = c.client().mount(&format!("node01:/{VOL}")).unwrap();
+    for d in 0..5 {
+        let dir = m.join(format!("d{d}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        for i in 0..10 {
+            std::fs::write(dir.join(format!("f{i}")), format!("{d}/{i}\n").repeat(i * 40 + 1)).unwrap();
+        }
+        std::fs::write(dir.join("sub/deep"), format!("deep {d}\n")).unwrap();
+    }
+    std::fs::write(m.join("top"), vec![7u8; 1 << 20]).unwrap();
+    std::os::unix::fs::symlink("d0/f1", m.join("link")).unwrap();
+    drop(m);
+
+    let b3 = c.node(3).brick_spec(&format!("{VOL}.b2"));
+    let out = c
+        .node(1)
+        .kiln_ok(&["volume", "add-brick", VOL, "replica", "3", &b3, "force"])
+        .unwrap();
+    assert!(out.contains("Add Brick successful"), "{out}");
+    bricks.push(c.node(3).brick_dir(&format!("{VOL}.b2")));
+    wait_brick(&c, 3, &bricks[2]);
+    let info = c.node(2).kiln_ok(&["volume", "info", VOL]).unwrap();
+    assert!(info.contains("\nNumber of Bricks: 1 x 3 = 3\n"), "{info}");
+    assert!(info.contains(&format!("Brick3: {b3}\n")), "{info}");
+
+    let out = wait_for("heal full to be launched", Duration::from_secs(60), || {
+        let out = c.node(3).kiln(&["volume", "heal", VOL, "full"])?;
+        Ok(out.success().then_some(out.stdout))
+    })
+    .unwrap();
+    assert!(out.contains("full self heal"), "{out}");
+    let filled = wait_for("the new brick to be filled", Duration::from_secs(120), || {
+        let diff = differences(VOL, 3, &bricks[0], &bricks[2]);
+        if !diff.is_empty() {
+            eprintln!("still differ: {} (e.g. {:?})", diff.len(), diff.first());
+        }
+        Ok(diff.is_empty().then_some(()))
+    });
+    if filled.is_err() {
+        c.dump_logs();
+    }
+    filled.unwrap();
+    assert!(differences(VOL, 3, &bricks[0], &bricks[1]).is_empty());
+    let n = listing(&bricks[2]).len();
+    assert!(n >= 5 * 12 + 2, "{n} entries on the new brick");
+    let stats = c
+        .node(1)
+        .kiln_json(&["volume", "heal", VOL, "statistics"])
+        .unwrap();
+    assert!(
+        stats["bricks"].as_array().unwrap().iter().any(|b| b["crawls"]
+            .as_array()
+            .is_some_and(|cr| cr.iter().any(|r| r["type"] == "FULL"))),
+        "{stats}"
+    );
+    // A new mount writes to all three copies.
+    let m = c.client().mount(&format!("node01:/{VOL}")).unwrap();
+    std::fs::write(m.join("after"), b"three copies\n").unwrap();
+    drop(m);
+    for b in &bricks {
+        wait_brick_content(b, "after", b"three copies\n");
+    }
+}

@@ -306,21 +306,39 @@ impl Replicate {
         join_all(jobs).await;
     }
 
-    /// Makes the copies on `healthy` accuse child `sink` (data, metadata
-    /// and entry) on `gfid`: used on the root of a set that just got a new,
-    /// empty brick, so lookups fill it lazily and `heal full` at once.
+    /// Makes the other copies of `gfid` accuse child `sink` (data and
+    /// metadata for a file, entries and metadata for a directory): used on
+    /// the root of a set that just got a new, empty brick, so lookups fill
+    /// it lazily and `heal full` at once.
     pub async fn accuse(&self, gfid: Gfid, sink: usize) -> FsResult<()> {
         if sink >= self.n() {
             return Err(FsError::InvalidArgument);
         }
+        let others: Vec<usize> = (0..self.n()).filter(|c| *c != sink).collect();
+        let answers = join_all(
+            others
+                .iter()
+                .map(|c| self.children[*c].lookup_gfid(gfid, &[])),
+        )
+        .await;
+        let kind = answers
+            .iter()
+            .find_map(|a| a.as_ref().ok())
+            .map(|l| l.iatt.kind)
+            .ok_or_else(|| best_error(&answers))?;
+        let slots: &[Slot] = match kind {
+            FileKind::Regular => &[Slot::Data, Slot::Metadata],
+            FileKind::Directory => &[Slot::Entry, Slot::Metadata],
+            _ => &[Slot::Metadata],
+        };
         let mut delta = XattrMap::new();
         delta.insert(
             self.keys[sink].clone(),
-            changelog::encode(changelog::counters(&Slot::ALL, 1)),
+            changelog::encode(changelog::counters(slots, 1)),
         );
         let mut done = 0;
         let mut last = None;
-        for c in (0..self.n()).filter(|c| *c != sink) {
+        for c in others {
             match self.children[c]
                 .xattrop(gfid, XattropOp::AddArray64, &delta)
                 .await
