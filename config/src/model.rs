@@ -322,3 +322,85 @@ fn with_added_bricks(
     }
     Ok(all)
 }
+
+#[cfg(test)]
+mod add_brick_tests {
+    use super::*;
+
+    fn brick(n: &str) -> BrickEntry {
+        BrickEntry {
+            host: n.into(),
+            path: "/b".into(),
+            peer_uuid: n.into(),
+            port: 0,
+        }
+    }
+
+    fn pool(kind: VolumeKind, hosts: &[&str]) -> PoolConfig {
+        let mut p = PoolConfig::default();
+        p.volumes.insert(
+            "v".into(),
+            VolumeConfig {
+                name: "v".into(),
+                id: "id".into(),
+                kind,
+                transport: "tcp".into(),
+                status: VolumeStatus::Started,
+                bricks: hosts.iter().map(|h| brick(h)).collect(),
+                options: BTreeMap::new(),
+                generation: 1,
+            },
+        );
+        p
+    }
+
+    fn hosts(p: &PoolConfig) -> Vec<String> {
+        p.volumes["v"]
+            .bricks
+            .iter()
+            .map(|b| b.host.clone())
+            .collect()
+    }
+
+    #[test]
+    fn add_bricks_grows_each_set_or_adds_sets() {
+        let mut p = pool(VolumeKind::Replicate { replica: 2 }, &["a", "b", "c", "d"]);
+        let cmd = Command::AddBricks {
+            name: "v".into(),
+            replica: 3,
+            bricks: vec![brick("x"), brick("y")],
+        };
+        p.apply(&cmd).unwrap();
+        assert_eq!(hosts(&p), ["a", "b", "x", "c", "d", "y"]);
+        assert_eq!(p.volumes["v"].replica_count(), 3);
+        assert_eq!(p.volumes["v"].generation, 2);
+        // Same replica count: whole sets at the end.
+        let cmd = Command::AddBricks {
+            name: "v".into(),
+            replica: 3,
+            bricks: vec![brick("p"), brick("q"), brick("r")],
+        };
+        p.apply(&cmd).unwrap();
+        assert_eq!(hosts(&p)[6..], ["p", "q", "r"]);
+        // Wrong counts and shrinking are refused, leaving the volume alone.
+        for (replica, n) in [(3, 2), (4, 1), (2, 2)] {
+            let cmd = Command::AddBricks {
+                name: "v".into(),
+                replica,
+                bricks: (0..n).map(|i| brick(&format!("z{i}"))).collect(),
+            };
+            assert!(p.apply(&cmd).is_err(), "replica {replica} with {n}");
+        }
+        assert_eq!(hosts(&p).len(), 9);
+        // A distributed volume becomes replicated.
+        let mut p = pool(VolumeKind::Distribute, &["a", "b"]);
+        let cmd = Command::AddBricks {
+            name: "v".into(),
+            replica: 2,
+            bricks: vec![brick("x"), brick("y")],
+        };
+        p.apply(&cmd).unwrap();
+        assert_eq!(hosts(&p), ["a", "x", "b", "y"]);
+        assert_eq!(p.volumes["v"].kind, VolumeKind::Replicate { replica: 2 });
+    }
+}

@@ -590,4 +590,45 @@ mod tests {
         assert_eq!(human_size(1536), "1.5KB");
         assert_eq!(human_size(128 << 20), "128.0MB");
     }
+
+    #[test]
+    fn heal_layouts() {
+        assert_eq!(utc(0), "Thu Jan  1 00:00:00 1970");
+        assert_eq!(utc(1_795_612_050), "Wed Nov 25 13:07:30 2026");
+        let b = |i: usize, up: bool, entries: &[&str]| BrickHeal {
+            index: i,
+            brick: format!("node0{}:/export/b", i + 1),
+            connected: up,
+            entries: entries.iter().map(|e| e.to_string()).collect(),
+            crawls: vec![CrawlRecord {
+                kind: "INDEX".into(),
+                start: 0,
+                end: Some(1),
+                scanned: 3,
+                healed: 2,
+                failed: 1,
+                split_brain: 0,
+            }],
+        };
+        let view = |op: HealOp| {
+            CliReply::Heal(HealView {
+                volume: "v".into(),
+                op,
+                bricks: vec![b(0, true, &["/", "<gfid:x>"]), b(1, false, &[])],
+                message: "Heal operation on volume v has been successful".into(),
+            })
+        };
+        let out = text(&view(HealOp::Info { split_brain: false })).stdout;
+        assert_eq!(
+            out,
+            "Heal operation on volume v has been successful\n\nBrick node01:/export/b\nNumber of entries: 2\n/\n<gfid:x>\n\nBrick node02:/export/b\nStatus: Brick is Not connected\nNumber of entries: -\n"
+        );
+        let out = text(&view(HealOp::Statistics)).stdout;
+        assert!(out.contains("Crawl statistics for brick no 1\nHostname of brick node02\n"));
+        assert!(out.contains("Type of crawl: INDEX\nNo. of entries healed: 2\nNo. of entries in split-brain: 0\nNo. of heal failed entries: 1\n"));
+        let j: Value = serde_json::from_str(&json(&view(HealOp::Statistics)).stdout).unwrap();
+        assert_eq!(j["bricks"][0]["number_of_entries"], 2);
+        assert_eq!(j["bricks"][1]["number_of_entries"], Value::Null);
+        assert_eq!(j["bricks"][0]["crawls"][0]["healed"], 2);
+    }
 }

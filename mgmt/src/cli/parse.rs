@@ -498,4 +498,73 @@ mod tests {
         assert!(p("pool frob").is_err());
         assert!(help_text().contains("volume status [all|<VOLNAME>] [detail]"));
     }
+
+    #[test]
+    fn heal_and_add_brick() {
+        let heal = |s: &str| match req(s) {
+            CliRequest::VolumeHeal { name, op } => {
+                assert_eq!(name, "vol2");
+                op
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(heal("volume heal vol2"), HealOp::Index);
+        assert_eq!(heal("volume heal vol2 full"), HealOp::Full);
+        assert_eq!(
+            heal("volume heal vol2 info"),
+            HealOp::Info { split_brain: false }
+        );
+        assert_eq!(
+            heal("volume heal vol2 info split-brain"),
+            HealOp::Info { split_brain: true }
+        );
+        assert_eq!(heal("volume heal vol2 statistics"), HealOp::Statistics);
+        assert_eq!(
+            heal("volume heal vol2 split-brain bigger-file /a/b"),
+            HealOp::BiggerFile("/a/b".into())
+        );
+        assert_eq!(
+            heal("volume heal vol2 split-brain latest-mtime f"),
+            HealOp::LatestMtime("f".into())
+        );
+        assert_eq!(
+            heal("volume heal vol2 split-brain source-brick n1:/b"),
+            HealOp::SourceBrick {
+                brick: "n1:/b".into(),
+                file: None
+            }
+        );
+        assert_eq!(
+            heal("volume heal vol2 split-brain source-brick n1:/b /f"),
+            HealOp::SourceBrick {
+                brick: "n1:/b".into(),
+                file: Some("/f".into())
+            }
+        );
+        assert!(p("volume heal vol2 split-brain bigger-file")
+            .unwrap_err()
+            .starts_with("Usage: volume heal"));
+        assert!(p("volume heal vol2 split-brain source-brick /f").is_err());
+        assert!(p("volume heal vol2 frob").is_err());
+        assert_eq!(
+            req("volume add-brick vol2 replica 3 n3:/b force"),
+            CliRequest::VolumeAddBrick {
+                name: "vol2".into(),
+                replica: Some(3),
+                bricks: vec!["n3:/b".into()],
+                force: true
+            }
+        );
+        assert_eq!(
+            req("volume add-brick vol2 n3:/b n4:/b"),
+            CliRequest::VolumeAddBrick {
+                name: "vol2".into(),
+                replica: None,
+                bricks: vec!["n3:/b".into(), "n4:/b".into()],
+                force: false
+            }
+        );
+        assert!(p("volume add-brick vol2 replica 3").is_err());
+        assert!(p("volume add-brick vol2 replica x n:/b").is_err());
+    }
 }
