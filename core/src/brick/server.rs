@@ -32,7 +32,36 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30
 /// The live connections' sockets, so that stopping the brick (dropping
 /// `accept_loop`) closes them all, as a killed brick process would.
 #[derive(Default)]
-struct Live(Mutex<HashMap<u64, Arc<ReplySink>>>);
+struct Live(
+    Mutex<HashMap<u64, Arc<ReplySink>>>,
+    Mutex<HashMap<u64, Arc<str>>>,
+);
+
+impl Live {
+    /// Connection `id` belongs to `client`: any other connection of the
+    /// same client is a dead one this brick did not notice (the client
+    /// reconnects only after giving up on the old one, e.g. across a
+    /// network cut), so it is closed, and its locks go with it.
+    fn adopt(&self, id: u64, client: &Arc<str>) {
+        let stale: Vec<u64> = {
+            let mut owners = self.1.lock();
+            owners.retain(|k, _| self.0.lock().contains_key(k));
+            let stale = owners
+                .iter()
+                .filter(|(k, c)| **k != id && *c == client)
+                .map(|(k, _)| *k)
+                .collect();
+            owners.insert(id, client.clone());
+            stale
+        };
+        for k in stale {
+            if let Some(s) = self.0.lock().get(&k) {
+                tracing::info!(client = %client, conn = k, new = id, "closing an older connection of a reconnected client");
+                s.shutdown();
+            }
+        }
+    }
+}
 
 /// Shuts every live connection down when dropped.
 struct CloseAll(Arc<Live>);
@@ -90,9 +119,10 @@ pub(crate) async fn accept_loop(
             .name(format!("kiln-conn-{id}"))
             .spawn(move || {
                 let reader = FrameReader::new(stream);
-                connection(&cfg, &sh, reader, &sink, peer, id, &rt);
+                connection(&cfg, &sh, reader, &sink, peer, id, &rt, &lv);
                 sink.shutdown();
                 lv.0.lock().remove(&id);
+                lv.1.lock().remove(&id);
             });
         if let Err(e) = spawned {
             tracing::warn!(%peer, "cannot start a connection thread: {e}");
@@ -137,7 +167,14 @@ fn check_handshake(config: &BrickConfig, req: Request) -> Result<String, FsError
     Ok(client_id)
 }
 
+/// True if `client` is the peer address standing in for an empty client id
+/// (such connections are never taken as reconnections).
+fn client_id_is_peer(client: &str, peer: &SocketAddr) -> bool {
+    client == peer.to_string()
+}
+
 /// Serves one client connection on this thread until it ends.
+#[allow(clippy::too_many_arguments)]
 fn connection(
     config: &BrickConfig,
     shared: &Arc<Shared>,
@@ -146,6 +183,7 @@ fn connection(
     peer: SocketAddr,
     id: u64,
     rt: &tokio::runtime::Handle,
+    live: &Live,
 ) {
     // Handshake.
     let _ = reader.set_timeout(Some(HANDSHAKE_TIMEOUT));
@@ -192,6 +230,9 @@ fn connection(
         Arc::from(client_id)
     };
     tracing::info!(%peer, client = %client, conn = id, "client connected");
+    if !client_id_is_peer(&client, &peer) {
+        live.adopt(id, &client);
+    }
     let conn = Arc::new(Conn::new(id, client));
     let slots = Arc::new(Slots::new(IN_FLIGHT));
     let mut corked: Vec<Bytes> = Vec::new();

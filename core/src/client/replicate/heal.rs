@@ -172,6 +172,7 @@ impl Replicate {
             len: 0,
         }];
         let Some((owner, locked)) = self.try_lock(&items).await? else {
+            tracing::debug!(replicate = %self.name, file = %name, "data self-heal put off: the file is locked");
             return Ok(false);
         };
         let r = self.heal_data_locked(gfid, name, &locked).await;
