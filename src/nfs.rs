@@ -144,10 +144,13 @@ async fn serve(
         ),
         None => None,
     };
-    if let (Some(n), Some(pm)) = (nlm.as_mut(), server.portmapper()) {
-        if let Err(e) = n.register(pm).await {
-            tracing::error!(error = %e, "nlm: no portmapper registration; clients cannot find the lock manager");
+    if let Some(n) = nlm.as_mut() {
+        if let Some(pm) = server.portmapper() {
+            if let Err(e) = n.register(pm).await {
+                tracing::error!(error = %e, "nlm: no portmapper registration; clients cannot find the lock manager");
+            }
         }
+        n.notify_clients();
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let nlm_wait = async {

@@ -12,16 +12,20 @@
 //! releases, when the gateway's GRANTED callback wakes it (measured: the
 //! time from the release to the guest going on).
 //!
+//! Then node01's gateway is killed (-9) and brought back while the guest
+//! holds a lock: the new gateway finds the guest in its NSM records, sends
+//! it SM_NOTIFY, and the guest's lockd reclaims the lock in the grace
+//! period (FUSE is refused again; the unlock afterwards works).
+//!
 //! Guest and host take turns through two small files on the volume
 //! (`ctl-guest` written by the guest over NFS, `ctl-host` by the host
 //! over FUSE).
 
 use kiln_tests::knfs::{GuestNet, KernelClient};
-use kiln_tests::{check_prerequisites, wait_until, Cluster};
+use kiln_tests::{check_prerequisites, wait_until, Cluster, Node};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const GUEST_SCRIPT: &str = r#"
@@ -68,6 +72,20 @@ echo "GUEST-CWAIT: start"
 out=$(knfs-lock $D/c w 0 0 1 0) || fail "blocking lock on c: $out"
 echo "GUEST-CGOT: $out" | tr '\n' ' '; echo
 say got-c
+
+# 4. NSM: the gateway restarts while the guest holds a lock on e; the new
+#    gateway's SM_NOTIFY reaches statd, and lockd reclaims the lock in the
+#    grace period (the host checks FUSE is refused again), then releases it.
+mkfifo /tmp/he
+knfs-lock $D/e w 0 0 0 stdin < /tmp/he > /tmp/e.out &
+exec 4>/tmp/he
+i=0; until grep -q LOCKED /tmp/e.out; do sleep 0.2; i=$((i+1)); [ $i -lt 100 ] || fail "lock on e: $(cat /tmp/e.out)"; done
+say held-e
+waitfor checked-e
+exec 4>&-
+wait
+echo "GUEST-E: $(cat /tmp/e.out | tr '\n' ' ')"
+say released-e
 umount /mnt/n || fail "umount"
 echo "GUEST-RESULT: PASS"
 "#;
@@ -119,6 +137,87 @@ fn try_lock(tool: &Path, file: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// What the host side saw.
+#[derive(Debug)]
+struct HostSide {
+    /// FUSE's F_SETLK on b while the guest held it.
+    fuse_b: String,
+    /// The FUSE process holding c.
+    holder_pid: u32,
+    /// When it released c.
+    released: Instant,
+    /// When the host saw the guest had c.
+    saw_got: Instant,
+    /// The gateway restart under the guest's lock on e.
+    reclaim: Reclaim,
+}
+
+/// The restart of node01's gateway under a held lock.
+#[derive(Debug)]
+struct Reclaim {
+    /// kill -9 to the new gateway running.
+    back: Duration,
+    /// kill -9 to the guest's lock reclaimed.
+    reclaimed: Duration,
+    /// FUSE's F_SETLK on e once reclaimed.
+    fuse_after: String,
+}
+
+fn gateway_pid(n: &Node) -> Option<i32> {
+    n.pids()
+        .into_iter()
+        .find(|p| kiln_tests::cmdline(*p).contains(" nfs "))
+}
+
+/// Kills node01's gateway (-9) while the guest holds a lock on `file`,
+/// brings it back with `volume start vol1 force`, and waits for the guest's
+/// reclaim (the gateway logs it); then tries FUSE's F_SETLK on `file`.
+fn restart_gateway(n: &Node, file: &Path, tool: &Path) -> Result<Reclaim, String> {
+    let log_file = n.log_dir().join("nfs.log");
+    let reclaims = || {
+        std::fs::read_to_string(&log_file)
+            .unwrap_or_default()
+            .matches("nlm: lock reclaimed")
+            .count()
+    };
+    let before = reclaims();
+    let pid = gateway_pid(n).ok_or("node01 runs no gateway")?;
+    // SAFETY: kill(2) on the gateway of the test's own cluster.
+    if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+        return Err("kill -9 of the gateway failed".into());
+    }
+    let t = Instant::now();
+    while gateway_pid(n) == Some(pid) {
+        if t.elapsed() > Duration::from_secs(10) {
+            return Err("the gateway did not die".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The CLI's exit status does not matter; the gateway coming back does.
+    let _ = n.kiln_timeout(
+        &["volume", "start", "vol1", "force"],
+        Duration::from_secs(60),
+    );
+    let mut back = None;
+    while reclaims() == before {
+        if back.is_none() && gateway_pid(n).is_some_and(|p| p != pid) {
+            back = Some(t.elapsed());
+        }
+        if t.elapsed() > Duration::from_secs(90) {
+            return Err(format!(
+                "no lock reclaimed within 90 s of the kill (gateway back after {back:?})"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let reclaimed = t.elapsed();
+    Ok(Reclaim {
+        back: back.unwrap_or(reclaimed),
+        reclaimed,
+        fuse_after: try_lock(tool, file),
+    })
+}
+
 #[test]
 fn kernel_client_locks_over_nlm() {
     check_prerequisites().unwrap();
@@ -131,6 +230,9 @@ fn kernel_client_locks_over_nlm() {
             return;
         }
     };
+    // A short grace period after the gateway restart (the servers, and
+    // through them the gateways, inherit the environment).
+    std::env::set_var("KILN_NLM_GRACE", "20");
     let t0 = Instant::now();
     let c = Cluster::pool(2).unwrap();
     c.create_started_volume("vol1", &[1, 2]).unwrap();
@@ -151,13 +253,13 @@ fn kernel_client_locks_over_nlm() {
     let m = c.client().mount("node01:/vol1").unwrap();
     let dir = m.join("locks");
     std::fs::create_dir(&dir).unwrap();
-    for f in ["a", "b", "c", "ctl-guest", "ctl-host"] {
+    for f in ["a", "b", "c", "e", "ctl-guest", "ctl-host"] {
         std::fs::write(dir.join(f), b"").unwrap();
     }
     let tool = PathBuf::from(env!("CARGO_BIN_EXE_knfs-lock"));
     let (ctl_guest, ctl_host) = (dir.join("ctl-guest"), dir.join("ctl-host"));
     // The host appends its lines to ctl-host (the guest greps for them).
-    let say = move |what: &str| {
+    let say = |what: &str| {
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&ctl_host)
@@ -165,53 +267,69 @@ fn kernel_client_locks_over_nlm() {
         f.write_all(format!("{what}\n").as_bytes()).unwrap();
     };
 
-    // The host's side of the script, in step with the guest.
-    let (tx, rx) = mpsc::channel::<Result<(String, u32, Instant, Instant), String>>();
-    let host = {
-        let (tool, dir, ctl_guest) = (tool.clone(), dir.clone(), ctl_guest.clone());
-        let say = say.clone();
-        std::thread::spawn(move || {
-            let r = (|| -> Result<(String, u32, Instant, Instant), String> {
-                wait_ctl(&ctl_guest, "held-b", Duration::from_secs(180))?;
-                let fuse_b = try_lock(&tool, &dir.join("b"));
-                say("checked-b");
-                let mut holder = hold(&tool, &dir.join("c"));
-                let holder_pid = holder.id();
-                say("fuse-holds-c");
-                if let Err(e) = wait_ctl(&ctl_guest, "waiting-c", Duration::from_secs(60)) {
-                    let _ = holder.kill();
-                    let _ = holder.wait();
-                    return Err(e);
-                }
-                // Let the guest's blocking LOCK reach the gateway and wait.
-                std::thread::sleep(Duration::from_secs(4));
-                let released = Instant::now();
-                if let Some(mut stdin) = holder.stdin.take() {
-                    let _ = stdin.write_all(b"go\n");
-                }
-                let _ = holder.wait();
-                wait_ctl(&ctl_guest, "got-c", Duration::from_secs(60))?;
-                Ok((fuse_b, holder_pid, released, Instant::now()))
-            })();
-            let _ = tx.send(r);
-        })
-    };
-
+    // The host's side of the script, in step with the guest, while the
+    // guest runs.
     let net = GuestNet::in_namespace(n1.ns());
     let server = n1.addr().to_string();
-    let run = kc
-        .run_locking(
-            &net,
-            GUEST_SCRIPT,
-            &[("SERVER", server.as_str())],
-            &[tool.as_path()],
-            Duration::from_secs(240),
+    let (run, host_side) = std::thread::scope(|sc| {
+        let host = sc.spawn(|| -> Result<HostSide, String> {
+            wait_ctl(&ctl_guest, "held-b", Duration::from_secs(180))?;
+            let fuse_b = try_lock(&tool, &dir.join("b"));
+            say("checked-b");
+            let mut holder = hold(&tool, &dir.join("c"));
+            let holder_pid = holder.id();
+            say("fuse-holds-c");
+            if let Err(e) = wait_ctl(&ctl_guest, "waiting-c", Duration::from_secs(60)) {
+                let _ = holder.kill();
+                let _ = holder.wait();
+                return Err(e);
+            }
+            // Let the guest's blocking LOCK reach the gateway and wait.
+            std::thread::sleep(Duration::from_secs(4));
+            let released = Instant::now();
+            if let Some(mut stdin) = holder.stdin.take() {
+                let _ = stdin.write_all(b"go\n");
+            }
+            let _ = holder.wait();
+            wait_ctl(&ctl_guest, "got-c", Duration::from_secs(60))?;
+            let saw_got = Instant::now();
+            wait_ctl(&ctl_guest, "held-e", Duration::from_secs(60))?;
+            let reclaim = restart_gateway(n1, &dir.join("e"), &tool)?;
+            say("checked-e");
+            wait_ctl(&ctl_guest, "released-e", Duration::from_secs(60))?;
+            let after = try_lock(&tool, &dir.join("e"));
+            if !after.starts_with("LOCKED") {
+                return Err(format!(
+                    "FUSE could not lock e after the guest released it: {after}"
+                ));
+            }
+            Ok(HostSide {
+                fuse_b,
+                holder_pid,
+                released,
+                saw_got,
+                reclaim,
+            })
+        });
+        let run = kc
+            .run_locking(
+                &net,
+                GUEST_SCRIPT,
+                &[("SERVER", server.as_str())],
+                &[tool.as_path()],
+                Duration::from_secs(240),
+            )
+            .unwrap();
+        // A host side still waiting for a guest that failed gives up on its
+        // own timeouts.
+        (
+            run,
+            host.join()
+                .unwrap_or_else(|_| Err("the host side panicked".into())),
         )
-        .unwrap();
-    let host_side = rx.recv_timeout(Duration::from_secs(5));
-    let _ = host.join();
+    });
     let nfs_log = std::fs::read_to_string(n1.log_dir().join("nfs.log")).unwrap_or_default();
-    if !run.passed || !matches!(host_side, Ok(Ok(_))) {
+    if !run.passed || host_side.is_err() {
         c.dump_logs();
         let tail: Vec<&str> = run.console.lines().rev().take(80).collect();
         panic!(
@@ -220,7 +338,13 @@ fn kernel_client_locks_over_nlm() {
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
-    let (fuse_b, holder_pid, released, host_saw_got) = host_side.unwrap().unwrap();
+    let HostSide {
+        fuse_b,
+        holder_pid,
+        released,
+        saw_got: host_saw_got,
+        reclaim,
+    } = host_side.unwrap();
 
     // Mounted with locking (no nolock), lockd registered in the guest.
     let mounts = run.tagged("MOUNTS");
@@ -278,12 +402,31 @@ fn kernel_client_locks_over_nlm() {
         nfs_log.contains("nsm: monitoring a new client host"),
         "{nfs_log}"
     );
+    // 4. After the restart: notified, reclaimed in grace, FUSE refused again.
+    assert!(nfs_log.contains("clients_to_notify=1"), "{nfs_log}");
+    assert!(nfs_log.contains("nsm: SM_NOTIFY sent"), "{nfs_log}");
+    assert!(
+        nfs_log.contains("in_grace=true"),
+        "the reclaim came outside the grace period"
+    );
+    assert_eq!(
+        reclaim.fuse_after, "DENIED EAGAIN",
+        "FUSE F_SETLK on the reclaimed lock"
+    );
+    assert!(
+        run.tagged("E")[0].contains("UNLOCKED"),
+        "{:?}",
+        run.tagged("E")
+    );
     eprintln!(
-        "nfs_lock figures: guest boot {:.1}s; blocked {:.1}s in all; woken {:.2}s after the FUSE release (host saw it {:.2}s after); qemu total {:.1}s; test total {:.1}s",
+        "nfs_lock figures: guest boot {:.1}s; blocked {:.1}s in all; woken {:.2}s after the FUSE release (host saw it {:.2}s after); \
+         gateway kill -9 to running again {:.1}s, to the guest's lock reclaimed {:.1}s; qemu total {:.1}s; test total {:.1}s",
         run.boot.map(|t| t.as_secs_f64()).unwrap_or(f64::NAN),
         got_at.saturating_sub(start_at).as_secs_f64(),
         wake.as_secs_f64(),
         host_saw_got.duration_since(released).as_secs_f64(),
+        reclaim.back.as_secs_f64(),
+        reclaim.reclaimed.as_secs_f64(),
         run.total.as_secs_f64(),
         t0.elapsed().as_secs_f64(),
     );

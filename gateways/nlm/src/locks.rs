@@ -25,7 +25,7 @@ use crate::types::*;
 /// First wait of a blocked lock before it asks the brick again.
 const POLL_MIN: Duration = Duration::from_millis(100);
 /// Longest wait between two tries of a blocked lock.
-const POLL_MAX: Duration = Duration::from_millis(500);
+const POLL_MAX: Duration = Duration::from_millis(250);
 /// Most blocked locks waiting at once (LOCK beyond answers DENIED_NOLOCKS).
 const MAX_BLOCKED: usize = 4096;
 /// Most files with NLM state at once.
@@ -386,6 +386,9 @@ impl LockManager {
         match vol.volume.lk(&fd, LockCmd::Set, want).await {
             Ok(_) => {
                 self.stats.granted.fetch_add(1, Ordering::Relaxed);
+                if a.reclaim {
+                    tracing::info!(host = %String::from_utf8_lossy(&l.caller_name), svid = l.svid, offset = l.offset, len = l.len, in_grace = grace, "nlm: lock reclaimed");
+                }
                 tracing::debug!(host = %String::from_utf8_lossy(&l.caller_name), svid = l.svid, offset = l.offset, len = l.len, exclusive = a.exclusive, reclaim = a.reclaim, "nlm: lock granted");
                 Nlm4Stat::Granted
             }

@@ -1,7 +1,8 @@
 //! Starting NLM and NSM: one RPC server carrying both programs on TCP+UDP
 //! (port 38466 by default), registered with the portmapper the NFS gateway
 //! uses; the monitor records of the previous instance decide the grace
-//! period, and their clients are sent SM_NOTIFY in the background.
+//! period, and their clients are sent SM_NOTIFY (`notify_clients`, once
+//! registered) in the background.
 
 use kiln_core::client::Volume;
 use kiln_portmap::pmap::{Mapping, Portmapper};
@@ -64,7 +65,10 @@ pub struct NlmServer {
     mgr: Arc<LockManager>,
     serve: ServeHandle,
     nsm_registered: bool,
-    notifier: tokio::task::JoinHandle<()>,
+    /// The previous instance's clients, our state, their portmapper port
+    /// and the grace period, until `notify_clients`.
+    to_notify: Option<(Vec<Record>, i32, u16, Duration)>,
+    notifier: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl NlmServer {
@@ -112,6 +116,23 @@ impl NlmServer {
         let _ = pm.unregister(&progs).await;
     }
 
+    /// Sends SM_NOTIFY to every client of the previous instance (in the
+    /// background, retrying through the grace period), so their lockds
+    /// reclaim. Call once registered with the portmapper: a client's
+    /// reclaim looks NLM up there.
+    pub fn notify_clients(&mut self) {
+        if let Some((old, state, pmap_port, grace)) = self.to_notify.take() {
+            if !old.is_empty() {
+                self.notifier = Some(tokio::spawn(notify_all(
+                    old,
+                    state,
+                    pmap_port,
+                    grace.max(Duration::from_secs(10)),
+                )));
+            }
+        }
+    }
+
     /// Waits until a listener fails.
     pub async fn wait(&mut self) -> std::io::Result<()> {
         self.serve.wait().await
@@ -120,7 +141,9 @@ impl NlmServer {
 
 impl Drop for NlmServer {
     fn drop(&mut self) {
-        self.notifier.abort();
+        if let Some(n) = &self.notifier {
+            n.abort();
+        }
     }
 }
 
@@ -147,17 +170,12 @@ pub async fn serve_nlm(volumes: Vec<Arc<Volume>>, cfg: NlmConfig) -> Result<NlmS
     let addr = SocketAddr::new(cfg.listen, cfg.port);
     let serve = serve_tcp_udp(Arc::new(rpc), addr).await?;
     tracing::info!(addr = %serve.local_addr(), nsm_state = state, clients_to_notify = old.len(), grace_secs = grace.map(|_| cfg.grace.as_secs()), "nlm: serving NLM v4 and NSM v1 over tcp and udp");
-    let notifier = tokio::spawn(notify_all(
-        old,
-        state,
-        cfg.client_portmap_port,
-        cfg.grace.max(Duration::from_secs(10)),
-    ));
     Ok(NlmServer {
         mgr,
         serve,
         nsm_registered: false,
-        notifier,
+        to_notify: Some((old, state, cfg.client_portmap_port, cfg.grace)),
+        notifier: None,
     })
 }
 

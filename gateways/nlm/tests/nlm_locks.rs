@@ -608,13 +608,14 @@ async fn restart_grace_notify_and_client_reboot() {
     let sm = std::fs::read_dir(state.path().join("sm")).unwrap().count();
     assert_eq!(sm, 1, "the client host is recorded");
     // Restart: SM_NOTIFY reaches the client's statd; only reclaims during grace.
-    let server = nlm(
+    let mut server = nlm(
         &env,
         client.pm.addr().port(),
         Some(state.path()),
         Duration::from_secs(3),
     )
     .await;
+    server.notify_clients();
     let started = Instant::now();
     let n = tokio::time::timeout(Duration::from_secs(10), notified.recv())
         .await
