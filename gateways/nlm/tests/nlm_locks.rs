@@ -114,6 +114,8 @@ impl Env {
 /// A client host's lockd: answers GRANTED and records it.
 struct FakeLockd {
     granted: mpsc::UnboundedSender<TestArgs>,
+    /// Every other call (the `_RES` replies of `_MSG` calls).
+    others: mpsc::UnboundedSender<(u32, NlmCall)>,
     answer: Nlm4Stat,
 }
 
@@ -145,7 +147,9 @@ impl RpcProgram for FakeLockd {
                 .encode(&mut w);
                 let _ = self.granted.send(a);
             }
-            Some(Ok(_)) => {}
+            Some(Ok(c)) => {
+                let _ = self.others.send((proc_, c));
+            }
             _ => return Err(ProcError::GarbageArgs),
         }
         Ok(w.into_bytes())
@@ -157,6 +161,7 @@ struct FakeClient {
     pm: Portmapper,
     _lockd: ServeHandle,
     granted: mpsc::UnboundedReceiver<TestArgs>,
+    others: mpsc::UnboundedReceiver<(u32, NlmCall)>,
 }
 
 async fn fake_client(answer: Nlm4Stat) -> FakeClient {
@@ -164,9 +169,11 @@ async fn fake_client(answer: Nlm4Stat) -> FakeClient {
         .await
         .unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
+    let (otx, orx) = mpsc::unbounded_channel();
     let mut rpc = RpcServer::new(ServerConfig::default());
     rpc.register(Arc::new(FakeLockd {
         granted: tx,
+        others: otx,
         answer,
     }));
     let lockd = serve_tcp_udp(Arc::new(rpc), "127.0.0.1:0".parse().unwrap())
@@ -183,6 +190,7 @@ async fn fake_client(answer: Nlm4Stat) -> FakeClient {
         pm,
         _lockd: lockd,
         granted: rx,
+        others: orx,
     }
 }
 
@@ -731,4 +739,129 @@ async fn bad_input_over_rpc() {
         }
     }
     assert!(c.raw(proc4::NULL, &[]).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_msg_forms_udp_and_refused_callback() {
+    let env = volume().await;
+    let mut client = fake_client(Nlm4Stat::Denied).await;
+    let server = nlm(&env, client.pm.addr().port(), None, Duration::ZERO).await;
+    let mut c = Nlm::connect(server.local_addr()).await;
+    let (fh, _) = env.file("f4").await;
+
+    // LOCK_MSG: void reply now, LOCK_RES to the client's lockd after.
+    let mut w = XdrWriter::new();
+    LockArgs {
+        cookie: vec![0xab; 8],
+        block: false,
+        exclusive: true,
+        lock: lk(&fh, "m", 1, 0, 10),
+        reclaim: false,
+        state: 1,
+    }
+    .encode(&mut w);
+    assert!(c
+        .raw(proc4::LOCK_MSG, w.as_bytes())
+        .await
+        .unwrap()
+        .is_empty());
+    let (p, call) = tokio::time::timeout(Duration::from_secs(5), client.others.recv())
+        .await
+        .expect("LOCK_RES")
+        .unwrap();
+    assert_eq!(p, proc4::LOCK_RES);
+    assert_eq!(
+        call,
+        NlmCall::Res(Res {
+            cookie: vec![0xab; 8],
+            stat: Nlm4Stat::Granted
+        })
+    );
+    // TEST_MSG from another host: TEST_RES says DENIED with the holder.
+    let mut w = XdrWriter::new();
+    TestArgs {
+        cookie: vec![1],
+        exclusive: false,
+        lock: lk(&fh, "n", 2, 5, 1),
+    }
+    .encode(&mut w);
+    assert!(c
+        .raw(proc4::TEST_MSG, w.as_bytes())
+        .await
+        .unwrap()
+        .is_empty());
+    let (p, call) = tokio::time::timeout(Duration::from_secs(5), client.others.recv())
+        .await
+        .expect("TEST_RES")
+        .unwrap();
+    assert_eq!(p, proc4::TEST_RES);
+    match call {
+        NlmCall::TestRes(t) => {
+            assert_eq!(t.stat, Nlm4Stat::Denied);
+            assert_eq!(
+                t.holder.map(|h| (h.svid, h.offset, h.len)),
+                Some((1, 0, 10))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Over UDP too: a non-blocking LOCK of host n is DENIED.
+    let mut w = XdrWriter::new();
+    LockArgs {
+        cookie: vec![7],
+        block: false,
+        exclusive: true,
+        lock: lk(&fh, "n", 2, 0, 0),
+        reclaim: false,
+        state: 1,
+    }
+    .encode(&mut w);
+    let r = kiln_portmap::rpc::client::udp_call(
+        server.local_addr(),
+        NLM_PROGRAM,
+        NLM_V4,
+        proc4::LOCK,
+        None,
+        w.as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        Res::decode(&mut XdrReader::new(&r)).unwrap().stat,
+        Nlm4Stat::Denied
+    );
+
+    // A blocked lock whose GRANTED the client refuses (it gave up) is
+    // released again by the gateway.
+    assert_eq!(
+        c.lock(lk(&fh, "n", 2, 0, 0), true, true, false).await,
+        Nlm4Stat::Blocked
+    );
+    assert_eq!(c.unlock(lk(&fh, "m", 1, 0, 0)).await, Nlm4Stat::Granted);
+    let g = tokio::time::timeout(Duration::from_secs(5), client.granted.recv())
+        .await
+        .expect("GRANTED")
+        .unwrap();
+    assert_eq!(g.lock.caller_name, b"n");
+    let t = Instant::now();
+    loop {
+        if c.test(lk(&fh, "o", 3, 0, 0), true).await.stat == Nlm4Stat::Granted {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the refused grant was kept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        server
+            .manager()
+            .stats
+            .callbacks_ok
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
 }
