@@ -404,3 +404,76 @@ async fn stop(p: &Proc) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_config::{BrickEntry, VolumeConfig};
+    use kiln_core::graph::VolumeKind;
+
+    fn vol(name: &str, kind: VolumeKind, status: VolumeStatus, owners: &[&str]) -> VolumeConfig {
+        VolumeConfig {
+            name: name.into(),
+            id: format!("id-{name}"),
+            kind,
+            transport: "tcp".into(),
+            status,
+            bricks: owners
+                .iter()
+                .enumerate()
+                .map(|(i, o)| BrickEntry {
+                    host: format!("node-{o}"),
+                    path: format!("/export/{name}{i}"),
+                    peer_uuid: o.to_string(),
+                    port: 24009,
+                })
+                .collect(),
+            options: BTreeMap::new(),
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn healed_volumes_and_fingerprints() {
+        let r2 = VolumeKind::Replicate { replica: 2 };
+        let mut cfg = PoolConfig::default();
+        for v in [
+            vol("a", r2, VolumeStatus::Started, &["u1", "u2"]),
+            vol("b", r2, VolumeStatus::Started, &["u2", "u3"]),
+            vol(
+                "c",
+                VolumeKind::Distribute,
+                VolumeStatus::Started,
+                &["u1", "u1"],
+            ),
+            vol("d", r2, VolumeStatus::Stopped, &["u1", "u2"]),
+        ] {
+            cfg.volumes.insert(v.name.clone(), v);
+        }
+        let h = healed(&cfg, "u1");
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(h["a"].bricks, ["node-u1:/export/a0"]);
+        assert_eq!(healed(&cfg, "u2").len(), 2);
+        assert!(healed(&cfg, "u9").is_empty());
+        let fp = fingerprint(&h);
+        cfg.volumes.get_mut("a").unwrap().generation = 9;
+        assert_eq!(fingerprint(&healed(&cfg, "u1")), fp);
+        // add-brick changes what is healed.
+        let a = cfg.volumes.get_mut("a").unwrap();
+        a.kind = VolumeKind::Replicate { replica: 3 };
+        a.bricks.push(BrickEntry {
+            host: "node-u3".into(),
+            path: "/export/a2".into(),
+            peer_uuid: "u3".into(),
+            port: 0,
+        });
+        assert_ne!(fingerprint(&healed(&cfg, "u1")), fp);
+        assert_eq!(healed(&cfg, "u3").len(), 2);
+    }
+
+    #[test]
+    fn shd_process_check() {
+        assert!(!is_shd_process(std::process::id()));
+        assert!(!is_shd_process(u32::MAX - 1));
+    }
+}

@@ -83,8 +83,7 @@ async fn handle(req: ShdRequest, vols: &[Arc<HealedVolume>]) -> Result<Vec<Brick
                 let gfids = c.pending().await.map_err(|e| format!("{}: {e}", c.label))?;
                 let mut keep = Vec::new();
                 for g in gfids {
-                    let sb = c.set.examine(g).await.is_ok_and(|x| x.split_brain);
-                    if !*split_brain || sb {
+                    if !*split_brain || c.set.examine(g).await.is_ok_and(|x| x.split_brain) {
                         keep.push(g);
                     }
                 }
