@@ -17,6 +17,9 @@
 //! it SM_NOTIFY, and the guest's lockd reclaims the lock in the grace
 //! period (FUSE is refused again; the unlock afterwards works).
 //!
+//! Last, the guest sends SM_NOTIFY as a rebooted client's sm-notify does:
+//! the gateway drops the locks it still held (FUSE gets the file).
+//!
 //! Guest and host take turns through two small files on the volume
 //! (`ctl-guest` written by the guest over NFS, `ctl-host` by the host
 //! over FUSE).
@@ -86,6 +89,21 @@ exec 4>&-
 wait
 echo "GUEST-E: $(cat /tmp/e.out | tr '\n' ' ')"
 say released-e
+
+# 5. The guest "reboots": holding a lock on f, it sends SM_NOTIFY from its
+#    monitor list as a rebooted host's sm-notify does; the gateway drops
+#    every lock of the guest (the host's FUSE F_SETLK then succeeds).
+mkfifo /tmp/hf
+knfs-lock $D/f w 0 0 0 stdin < /tmp/hf > /tmp/f.out &
+exec 5>/tmp/hf
+i=0; until grep -q LOCKED /tmp/f.out; do sleep 0.2; i=$((i+1)); [ $i -lt 100 ] || fail "lock on f: $(cat /tmp/f.out)"; done
+ls /var/lib/nfs/sm | sed 's/^/GUEST-SM: /'
+cp -p /var/lib/nfs/sm/* /var/lib/nfs/sm.bak/ || fail "no monitor record for the server"
+sm-notify -f -d 2>&1 | sed 's/^/GUEST-SMNOTIFY: /' &
+say notified-f
+waitfor checked-f
+exec 5>&-
+wait
 umount /mnt/n || fail "umount"
 echo "GUEST-RESULT: PASS"
 "#;
@@ -150,6 +168,10 @@ struct HostSide {
     saw_got: Instant,
     /// The gateway restart under the guest's lock on e.
     reclaim: Reclaim,
+    /// FUSE's F_SETLK on f after the guest's SM_NOTIFY.
+    fuse_f: String,
+    /// How long after `notified-f` FUSE got f.
+    freed_after: Duration,
 }
 
 /// The restart of node01's gateway under a held lock.
@@ -232,7 +254,7 @@ fn kernel_client_locks_over_nlm() {
     };
     // A short grace period after the gateway restart (the servers, and
     // through them the gateways, inherit the environment).
-    std::env::set_var("KILN_NLM_GRACE", "20");
+    std::env::set_var("KILN_NLM_GRACE", "10");
     let t0 = Instant::now();
     let c = Cluster::pool(2).unwrap();
     c.create_started_volume("vol1", &[1, 2]).unwrap();
@@ -253,7 +275,7 @@ fn kernel_client_locks_over_nlm() {
     let m = c.client().mount("node01:/vol1").unwrap();
     let dir = m.join("locks");
     std::fs::create_dir(&dir).unwrap();
-    for f in ["a", "b", "c", "e", "ctl-guest", "ctl-host"] {
+    for f in ["a", "b", "c", "e", "f", "ctl-guest", "ctl-host"] {
         std::fs::write(dir.join(f), b"").unwrap();
     }
     let tool = PathBuf::from(env!("CARGO_BIN_EXE_knfs-lock"));
@@ -303,7 +325,20 @@ fn kernel_client_locks_over_nlm() {
                     "FUSE could not lock e after the guest released it: {after}"
                 ));
             }
+            wait_ctl(&ctl_guest, "notified-f", Duration::from_secs(60))?;
+            let t = Instant::now();
+            let fuse_f = loop {
+                let r = try_lock(&tool, &dir.join("f"));
+                if r.starts_with("LOCKED") || t.elapsed() > Duration::from_secs(20) {
+                    break r;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            };
+            let freed_after = t.elapsed();
+            say("checked-f");
             Ok(HostSide {
+                fuse_f,
+                freed_after,
                 fuse_b,
                 holder_pid,
                 released,
@@ -344,6 +379,8 @@ fn kernel_client_locks_over_nlm() {
         released,
         saw_got: host_saw_got,
         reclaim,
+        fuse_f,
+        freed_after,
     } = host_side.unwrap();
 
     // Mounted with locking (no nolock), lockd registered in the guest.
@@ -413,6 +450,18 @@ fn kernel_client_locks_over_nlm() {
         reclaim.fuse_after, "DENIED EAGAIN",
         "FUSE F_SETLK on the reclaimed lock"
     );
+    // 5. The guest's SM_NOTIFY released its lock on f.
+    assert!(
+        nfs_log.contains("nsm: SM_NOTIFY: a client host restarted"),
+        "{:?}",
+        run.tagged("SMNOTIFY")
+    );
+    assert!(
+        fuse_f.starts_with("LOCKED"),
+        "FUSE F_SETLK on f after the guest's SM_NOTIFY: {fuse_f} (guest: {:?} {:?})",
+        run.tagged("SM"),
+        run.tagged("SMNOTIFY")
+    );
     assert!(
         run.tagged("E")[0].contains("UNLOCKED"),
         "{:?}",
@@ -420,13 +469,15 @@ fn kernel_client_locks_over_nlm() {
     );
     eprintln!(
         "nfs_lock figures: guest boot {:.1}s; blocked {:.1}s in all; woken {:.2}s after the FUSE release (host saw it {:.2}s after); \
-         gateway kill -9 to running again {:.1}s, to the guest's lock reclaimed {:.1}s; qemu total {:.1}s; test total {:.1}s",
+         gateway kill -9 to running again {:.1}s, to the guest's lock reclaimed {:.1}s; FUSE got the rebooted guest's file {:.1}s after its SM_NOTIFY; \
+         qemu total {:.1}s; test total {:.1}s",
         run.boot.map(|t| t.as_secs_f64()).unwrap_or(f64::NAN),
         got_at.saturating_sub(start_at).as_secs_f64(),
         wake.as_secs_f64(),
         host_saw_got.duration_since(released).as_secs_f64(),
         reclaim.back.as_secs_f64(),
         reclaim.reclaimed.as_secs_f64(),
+        freed_after.as_secs_f64(),
         run.total.as_secs_f64(),
         t0.elapsed().as_secs_f64(),
     );
