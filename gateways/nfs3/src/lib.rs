@@ -7,7 +7,8 @@
 //! (the NFS program's handlers), `mount` (MOUNT), `access` (credentials and
 //! permission checks), `error` (the one `FsError` -> status mapping),
 //! `exports` (volume options), `fdcache`, `gateway` (shared state), `server`.
-//! Not yet: NLM/NSM locking, spec updates without restart.
+//! Locking (NLM v4 + NSM) is the `kiln-nlm` crate, served by `kiln nfs`
+//! beside this gateway. Not yet: spec updates without restart.
 
 pub mod access;
 pub mod args;
