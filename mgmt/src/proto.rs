@@ -103,6 +103,8 @@ pub enum PeerRequest {
     NfsStatus,
     /// A heal command for this server's self-heal daemon (`kiln shd`).
     Heal(ShdRequest),
+    /// State of this server's self-heal daemon.
+    ShdStatus,
 }
 
 /// A daemon's answer.
@@ -153,6 +155,9 @@ pub enum MgmtReply {
     NfsState(Option<NfsServerState>),
     /// Answer to `Heal`: this server's bricks of the volume.
     Heal(Vec<BrickHeal>),
+    /// Answer to `ShdStatus` (`port` unused); `None` when this server runs
+    /// no heal daemon at all (in-process tests).
+    ShdState(Option<NfsServerState>),
 }
 
 /// An admin command (parsed by the CLI, executed by a daemon).
@@ -415,6 +420,10 @@ pub struct VolumeStatusView {
     /// The NFS gateways of the pool's servers (none if `nfs.disable` is on).
     #[serde(default)]
     pub nfs: Vec<NfsServerState>,
+    /// The self-heal daemons of the servers owning bricks (replicated
+    /// volumes; `port` unused).
+    #[serde(default)]
+    pub shd: Vec<NfsServerState>,
 }
 
 /// Live state of one brick (answered by the server that owns it).

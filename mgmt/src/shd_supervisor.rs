@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::{Mutex, Notify};
 
 use crate::daemon::store::StoreHandle;
-use crate::proto::{BrickHeal, ShdRequest};
+use crate::proto::{BrickHeal, NfsServerState, ShdRequest};
 use crate::supervisor::{read_pid, write_pid, BrickLauncher};
 
 /// How long a config must stay unchanged before the heal daemon follows it
@@ -120,6 +120,26 @@ impl ShdSupervisor {
     /// one that died, as `volume start VOL force` does in GlusterFS).
     pub(crate) fn kick(&self) {
         self.kick.notify_one();
+    }
+
+    /// The heal daemon's state for `volume status`; `None` if this
+    /// management daemon runs none at all (its launcher cannot).
+    pub(crate) async fn state(&self) -> Option<NfsServerState> {
+        if !self.launcher.runs_shd() {
+            return None;
+        }
+        let st = self.state.lock().await;
+        let (pid, volumes) = match &st.proc {
+            Some(p) if p.alive() => (Some(p.pid), p.volumes.clone()),
+            _ => (None, Vec::new()),
+        };
+        Some(NfsServerState {
+            host: String::new(),
+            port: 0,
+            online: pid.is_some(),
+            pid,
+            volumes,
+        })
     }
 
     /// The control socket of the heal daemon.

@@ -83,10 +83,16 @@ async fn gather(d: &Arc<Daemon>, vol: &VolumeConfig, detail: bool) -> VolumeStat
     } else {
         nfs_states(d, &vol.name).await
     };
+    let shd = if detail || vol.replica_count() <= 1 {
+        Vec::new()
+    } else {
+        shd_states(d, vol).await
+    };
     VolumeStatusView {
         name: vol.name.clone(),
         bricks,
         nfs,
+        shd,
     }
 }
 
@@ -135,6 +141,46 @@ async fn nfs_states(d: &Arc<Daemon>, name: &str) -> Vec<NfsServerState> {
                     volumes: Vec::new(),
                 });
             }
+        }
+    }
+    out
+}
+
+/// The self-heal daemon of every server owning bricks of `vol` (`Self-heal
+/// Daemon on HOST`); a server that does not answer shows offline.
+async fn shd_states(d: &Arc<Daemon>, vol: &VolumeConfig) -> Vec<NfsServerState> {
+    let mut uuids: Vec<String> = Vec::new();
+    for b in &vol.bricks {
+        if !uuids.contains(&b.peer_uuid) {
+            uuids.push(b.peer_uuid.clone());
+        }
+    }
+    let calls = uuids.into_iter().map(|uuid| async move {
+        let r = d
+            .call_peer(&uuid, PeerRequest::ShdStatus, STATUS_TIMEOUT)
+            .await;
+        (uuid, r)
+    });
+    let mut out = Vec::new();
+    for (uuid, r) in futures::future::join_all(calls).await {
+        let host = d.peer_name(&uuid);
+        match r {
+            Ok(MgmtReply::ShdState(None)) => {}
+            Ok(MgmtReply::ShdState(Some(mut s))) => {
+                s.online = s.online && s.volumes.contains(&vol.name);
+                if !s.online {
+                    s.pid = None;
+                }
+                s.host = host;
+                out.push(s);
+            }
+            _ => out.push(NfsServerState {
+                host,
+                port: 0,
+                online: false,
+                pid: None,
+                volumes: Vec::new(),
+            }),
         }
     }
     out

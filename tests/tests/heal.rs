@@ -260,6 +260,15 @@ fn the_heal_daemon_heals_a_returning_server_without_clients() {
     // `heal VOL` launches a crawl.
     let out = c.node(2).kiln_ok(&["volume", "heal", VOL]).unwrap();
     assert!(out.contains("has been successful"), "{out}");
+    // `volume status` shows both heal daemons.
+    let status = c.node(1).kiln_ok(&["volume", "status", VOL]).unwrap();
+    let shd: Vec<Vec<&str>> = status
+        .lines()
+        .filter(|l| l.starts_with("Self-heal Daemon on"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(shd.len(), 2, "{status}");
+    assert!(shd.iter().all(|l| l[5] == "Y"), "{status}");
     // The daemon logs under the log directory.
     let log = std::fs::read_to_string(c.node(1).log_dir().join("shd.log")).unwrap();
     assert!(log.contains("index crawl done"), "{log}");

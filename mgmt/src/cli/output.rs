@@ -301,6 +301,11 @@ fn volume_status(v: &VolumeStatusView) -> String {
         let online = if n.online { "Y" } else { "N" };
         let _ = writeln!(s, "{name:<50} {port:<8} {online:<8} {}", or_na(n.pid));
     }
+    for n in &v.shd {
+        let name = format!("Self-heal Daemon on {}", n.host);
+        let online = if n.online { "Y" } else { "N" };
+        let _ = writeln!(s, "{name:<50} {:<8} {online:<8} {}", "N/A", or_na(n.pid));
+    }
     s
 }
 
@@ -359,6 +364,9 @@ pub(crate) fn json(reply: &CliReply) -> Rendered {
                 "name": v.name,
                 "bricks": v.bricks.iter().map(brick_json).collect::<Vec<_>>(),
                 "nfs": v.nfs.iter().map(nfs_json).collect::<Vec<_>>(),
+                "shd": v.shd.iter().map(|n| json!({
+                    "host": n.host, "online": n.online, "pid": n.pid,
+                })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>() }),
             0,
         ),
@@ -508,6 +516,13 @@ mod tests {
                     volumes: vec![],
                 },
             ],
+            shd: vec![NfsServerState {
+                host: "localhost".into(),
+                port: 0,
+                online: true,
+                pid: Some(2302),
+                volumes: vec!["vol4".into()],
+            }],
         };
         let out = text(&CliReply::Status(vec![view.clone()])).stdout;
         let lines: Vec<&str> = out.lines().collect();
@@ -532,10 +547,15 @@ mod tests {
             lines[6].split_whitespace().collect::<Vec<_>>(),
             ["NFS", "Server", "on", "node02", "N/A", "N", "N/A"]
         );
+        assert_eq!(
+            lines[7].split_whitespace().collect::<Vec<_>>(),
+            ["Self-heal", "Daemon", "on", "localhost", "N/A", "Y", "2302"]
+        );
         let j: Value =
             serde_json::from_str(&json(&CliReply::Status(vec![view.clone()])).stdout).unwrap();
         assert_eq!(j["volumes"][0]["nfs"][0]["port"], 2049);
         assert_eq!(j["volumes"][0]["nfs"][1]["online"], false);
+        assert_eq!(j["volumes"][0]["shd"][0]["pid"], 2302);
 
         let mut detailed = view;
         detailed.bricks[0].detail = Some(BrickDetail {

@@ -206,6 +206,7 @@ pub(crate) async fn handle_peer(
         }
         PeerRequest::Detached => peer::handle_detached(d).await,
         PeerRequest::NfsStatus => MgmtReply::NfsState(d.nfs.state().await),
+        PeerRequest::ShdStatus => MgmtReply::ShdState(d.shd.state().await),
         PeerRequest::Heal(req) => match d.shd.ask(&req, &d.store.current()).await {
             Ok(bricks) => MgmtReply::Heal(bricks),
             Err(e) => MgmtReply::Error(e),
