@@ -22,11 +22,38 @@ pub const ATTR_FRESH: Duration = Duration::from_secs(1);
 /// bricks, in KiB (a WRITE beyond it waits for earlier ones to land).
 pub const WRITE_BEHIND_KIB: usize = 32 * 1024;
 
+/// Read-ahead data a volume's gateway may hold, in KiB.
+pub const READ_AHEAD_KIB: usize = 64 * 1024;
+
+/// A read-ahead older than this is not used (another client may have
+/// changed the file since).
+pub const READ_AHEAD_FRESH: Duration = Duration::from_secs(1);
+
 struct FileEntry {
     fd: Arc<Fd>,
     used: Instant,
     attr: Option<(Iatt, Instant)>,
     writer: Option<Arc<Writer>>,
+    ahead: Option<ReadAhead>,
+}
+
+/// What a read-ahead brings: the data and the attributes read with it.
+pub type AheadResult = (FsResult<Bytes>, FsResult<Iatt>);
+
+/// The next READ of a sequential reader, fetched while the client is busy
+/// with the previous reply.
+struct ReadAhead {
+    offset: u64,
+    count: u32,
+    started: Instant,
+    task: tokio::task::JoinHandle<AheadResult>,
+    _budget: OwnedSemaphorePermit,
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// One queued UNSTABLE write (it keeps its queue alive until applied).
@@ -142,6 +169,8 @@ pub struct FdCache {
     max_dirs: usize,
     /// Write-behind budget in KiB, shared by the volume's files.
     wb_budget: Arc<Semaphore>,
+    /// Read-ahead budget in KiB, shared by the volume's files.
+    ra_budget: Arc<Semaphore>,
 }
 
 impl FdCache {
@@ -156,7 +185,65 @@ impl FdCache {
             max_files: 1024,
             max_dirs: 256,
             wb_budget: Arc::new(Semaphore::new(WRITE_BEHIND_KIB)),
+            ra_budget: Arc::new(Semaphore::new(READ_AHEAD_KIB)),
         }
+    }
+
+    /// Starts reading `count` bytes at `offset` of `gfid` (and its
+    /// attributes) for the READ a sequential reader sends next; nothing if
+    /// the file is not open here or the read-ahead budget is spent.
+    pub fn read_ahead(&self, gfid: Gfid, fd: Arc<Fd>, offset: u64, count: u32) {
+        let kib = (count as usize).div_ceil(1024).clamp(1, READ_AHEAD_KIB) as u32;
+        let Ok(budget) = self.ra_budget.clone().try_acquire_many_owned(kib) else {
+            return;
+        };
+        let mut files = self.files.lock();
+        let Some(e) = files.get_mut(&gfid) else {
+            return;
+        };
+        if e.writer
+            .as_ref()
+            .is_some_and(|w| w.pending.load(Ordering::Acquire) > 0)
+        {
+            return;
+        }
+        let vol = self.volume.clone();
+        let task =
+            tokio::spawn(
+                async move { tokio::join!(vol.read(&fd, offset, count), vol.getattr(gfid)) },
+            );
+        e.ahead = Some(ReadAhead {
+            offset,
+            count,
+            started: Instant::now(),
+            task,
+            _budget: budget,
+        });
+    }
+
+    /// The read-ahead of `gfid` if it is exactly this READ and fresh (any
+    /// other is dropped).
+    pub async fn take_read_ahead(
+        &self,
+        gfid: Gfid,
+        offset: u64,
+        count: u32,
+    ) -> Option<AheadResult> {
+        let mut ra = self.files.lock().get_mut(&gfid)?.ahead.take()?;
+        if ra.offset != offset || ra.count != count || ra.started.elapsed() > READ_AHEAD_FRESH {
+            return None;
+        }
+        (&mut ra.task).await.ok()
+    }
+
+    /// Drops the read-ahead of `gfid` (the file is changing).
+    pub fn drop_read_ahead(&self, gfid: Gfid) {
+        let ra = self
+            .files
+            .lock()
+            .get_mut(&gfid)
+            .and_then(|e| e.ahead.take());
+        drop(ra);
     }
 
     /// Queues an UNSTABLE write of `data` at `offset` through `fd`; it
@@ -167,17 +254,21 @@ impl FdCache {
         let Ok(budget) = self.wb_budget.clone().acquire_many_owned(kib).await else {
             return;
         };
-        let writer = {
+        let (writer, stale_ahead) = {
             let mut files = self.files.lock();
             match files.get_mut(&gfid) {
-                Some(e) => e
-                    .writer
-                    .get_or_insert_with(|| Writer::start(self.volume.clone(), gfid))
-                    .clone(),
+                Some(e) => (
+                    e.writer
+                        .get_or_insert_with(|| Writer::start(self.volume.clone(), gfid))
+                        .clone(),
+                    // What was read ahead predates this write.
+                    e.ahead.take(),
+                ),
                 // Evicted meanwhile: a queue of its own, gone when drained.
-                None => Writer::start(self.volume.clone(), gfid),
+                None => (Writer::start(self.volume.clone(), gfid), None),
             }
         };
+        drop(stale_ahead);
         writer.pending.fetch_add(1, Ordering::AcqRel);
         let job = Job {
             writer: writer.clone(),
@@ -249,6 +340,7 @@ impl FdCache {
                 used: Instant::now(),
                 attr: None,
                 writer: None,
+                ahead: None,
             },
         );
         fd

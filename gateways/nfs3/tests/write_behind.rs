@@ -213,3 +213,90 @@ async fn queued_writes_are_seen_in_order_by_later_calls() {
     assert_eq!(&back[20_050..20_060], &[9u8; 10][..]);
     assert_eq!(&back[20_060..], &[7u8; 40][..]);
 }
+
+async fn read_at(raw: &mut Raw, fh: &[u8], off: u64, count: u32) -> (Vec<u8>, bool) {
+    let mut w = XdrWriter::new();
+    w.put_opaque(fh);
+    w.put_u64(off);
+    w.put_u32(count);
+    let (s, rest) = raw.nfs(6, &w).await;
+    assert_eq!(s, 0, "READ at {off}");
+    let mut r = XdrReader::new(&rest);
+    if r.get_bool().unwrap() {
+        r.get_fixed(84).unwrap();
+    }
+    let _n = r.get_u32().unwrap();
+    let eof = r.get_bool().unwrap();
+    (r.get_opaque(count as usize).unwrap().to_vec(), eof)
+}
+
+/// A sequential reader gets the next range read ahead; a write (UNSTABLE
+/// or FILE_SYNC) or a truncate in between must never let it see the bytes
+/// from before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_ahead_never_returns_outdated_data() {
+    let env = start(2, &[]).await;
+    let mut raw = Raw::connect(env.nfs_addr()).await;
+    let root = raw.mnt("/tv").await.unwrap();
+    let fh = create(&mut raw, &root, "ra.bin").await;
+    let mut expect = pattern(16 * CHUNK, 7);
+    let burst: Vec<(u64, Vec<u8>)> = expect
+        .chunks(CHUNK)
+        .enumerate()
+        .map(|(i, c)| ((i * CHUNK) as u64, c.to_vec()))
+        .collect();
+    pipelined_writes(&mut raw, &fh, &burst).await;
+    let c = CHUNK as u32;
+    // Plain sequential reads: every range right, eof only at the end.
+    for i in 0..16u64 {
+        let (d, eof) = read_at(&mut raw, &fh, i * CHUNK as u64, c).await;
+        assert!(
+            d == expect[i as usize * CHUNK..(i as usize + 1) * CHUNK],
+            "chunk {i}"
+        );
+        assert_eq!(eof, i == 15, "eof at chunk {i}");
+    }
+    // Read chunk 0 (chunk 1 is read ahead), overwrite chunk 1 UNSTABLE, read it.
+    read_at(&mut raw, &fh, 0, c).await;
+    let new1 = pattern(CHUNK, 70);
+    pipelined_writes(&mut raw, &fh, &[(CHUNK as u64, new1.clone())]).await;
+    expect[CHUNK..2 * CHUNK].copy_from_slice(&new1);
+    let (d, _) = read_at(&mut raw, &fh, CHUNK as u64, c).await;
+    assert!(
+        d == new1,
+        "READ after an UNSTABLE write over the read-ahead"
+    );
+    // Same with FILE_SYNC over chunk 3 while chunk 3 is read ahead.
+    read_at(&mut raw, &fh, 2 * CHUNK as u64, c).await;
+    let new3 = pattern(CHUNK, 71);
+    let (s, _) = raw
+        .nfs(7, &write_args(&fh, 3 * CHUNK as u64, &new3, 2))
+        .await;
+    assert_eq!(s, 0);
+    let (d, _) = read_at(&mut raw, &fh, 3 * CHUNK as u64, c).await;
+    assert!(
+        d == new3,
+        "READ after a FILE_SYNC write over the read-ahead"
+    );
+    // A truncate to 4.5 chunks while chunk 5 is read ahead.
+    read_at(&mut raw, &fh, 4 * CHUNK as u64, c).await;
+    let mut w = XdrWriter::new();
+    w.put_opaque(&fh);
+    for _ in 0..3 {
+        w.put_bool(false);
+    }
+    w.put_bool(true);
+    w.put_u64(4 * CHUNK as u64 + 100);
+    w.put_u32(0);
+    w.put_u32(0);
+    w.put_bool(false);
+    assert_eq!(raw.nfs(2, &w).await.0, 0, "SETATTR size");
+    let (d, eof) = read_at(&mut raw, &fh, 5 * CHUNK as u64, c).await;
+    assert!(
+        d.is_empty() && eof,
+        "READ past a truncate: {} bytes",
+        d.len()
+    );
+    let (d, eof) = read_at(&mut raw, &fh, 4 * CHUNK as u64, c).await;
+    assert!(eof && d == expect[4 * CHUNK..4 * CHUNK + 100]);
+}

@@ -112,6 +112,7 @@ impl NfsProgram {
             before.clone()
         } else {
             vol.fds.forget_attr(t.gfid);
+            vol.fds.drop_read_ahead(t.gfid);
             vol.volume
                 .setattr(t.gfid, &change)
                 .await

@@ -2,7 +2,8 @@
 //! verifier), COMMIT and READLINK. File data goes through the fd cache, so a
 //! stream of READs or WRITEs opens the file once; UNSTABLE writes are queued
 //! behind (in order) and answered at once, and READ, attributes and COMMIT
-//! wait for the queue (COMMIT reports a queued write that failed).
+//! wait for the queue (COMMIT reports a queued write that failed); a READ
+//! that does not reach the end starts reading the next range ahead.
 
 use bytes::Bytes;
 use kiln_core::{FileKind, FsError, Iatt};
@@ -49,28 +50,42 @@ impl NfsProgram {
         if !t.id.may_read_data(&a) {
             return Err(Fail::attr(NfsStat3::NFS3ERR_ACCES, vol, Some(&a)));
         }
+        // A sequential reader's READ was usually fetched already.
+        let ahead = match vol.fds.take_read_ahead(t.gfid, args.offset, count).await {
+            Some((Ok(d), post)) => Some((d, post.unwrap_or_else(|_| a.clone()))),
+            _ => None,
+        };
         let mut retried = false;
-        let (data, a) = loop {
-            let fd = self
-                .file_fd(&t)
-                .await
-                .map_err(|e| Fail::attr(nfsstat3(&e), vol, Some(&a)))?;
-            let (data, post) = tokio::join!(
-                vol.volume.read(&fd, args.offset, count),
-                vol.volume.getattr(t.gfid)
-            );
-            match data {
-                Ok(d) => break (d, post.unwrap_or(a)),
-                Err(e) if stale_fd(&e) && !retried => {
-                    retried = true;
-                    vol.fds.evict(t.gfid);
+        let (data, a) = match ahead {
+            Some(hit) => hit,
+            None => loop {
+                let fd = self
+                    .file_fd(&t)
+                    .await
+                    .map_err(|e| Fail::attr(nfsstat3(&e), vol, Some(&a)))?;
+                let (data, post) = tokio::join!(
+                    vol.volume.read(&fd, args.offset, count),
+                    vol.volume.getattr(t.gfid)
+                );
+                match data {
+                    Ok(d) => break (d, post.unwrap_or(a)),
+                    Err(e) if stale_fd(&e) && !retried => {
+                        retried = true;
+                        vol.fds.evict(t.gfid);
+                    }
+                    Err(e) => return Err(Fail::attr(nfsstat3(&e), vol, Some(&a))),
                 }
-                Err(e) => return Err(Fail::attr(nfsstat3(&e), vol, Some(&a))),
-            }
+            },
         };
         vol.fds.note_attr(&a);
         let eof =
             data.len() < count as usize || args.offset.saturating_add(data.len() as u64) >= a.size;
+        if !eof {
+            if let Ok(fd) = self.file_fd(&t).await {
+                let next = args.offset.saturating_add(data.len() as u64);
+                vol.fds.read_ahead(t.gfid, fd, next, count);
+            }
+        }
         let mut w = XdrWriter::with_capacity(data.len() + 128);
         w.put_u32(NfsStat3::NFS3_OK as u32);
         encode_post_op_attr(Some(&vol.fattr(&a)), &mut w);
@@ -129,8 +144,10 @@ impl NfsProgram {
             w.put_fixed(&self.gw.write_verf);
             return Ok(w);
         }
-        // Stable writes land after the queued ones.
+        // Stable writes land after the queued ones, and outdate what was
+        // read ahead.
         vol.fds.drain(t.gfid).await;
+        vol.fds.drop_read_ahead(t.gfid);
         if let Some(e) = vol.fds.take_write_error(t.gfid) {
             return Err(Fail::wcc(nfsstat3(&e), &same));
         }
