@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 
 /// Attributes younger than this are reused for permission checks on WRITE.
 pub const ATTR_FRESH: Duration = Duration::from_secs(1);
@@ -21,6 +22,9 @@ pub const ATTR_FRESH: Duration = Duration::from_secs(1);
 /// UNSTABLE WRITE data a volume's gateway holds before it reaches the
 /// bricks, in KiB (a WRITE beyond it waits for earlier ones to land).
 pub const WRITE_BEHIND_KIB: usize = 32 * 1024;
+
+/// Queued writes of one file sent to the volume at once (disjoint ranges).
+pub const WRITES_IN_FLIGHT: usize = 4;
 
 /// Read-ahead data a volume's gateway may hold, in KiB.
 pub const READ_AHEAD_KIB: usize = 64 * 1024;
@@ -66,7 +70,8 @@ struct Job {
 }
 
 /// The write-behind queue of one file: a task applies its writes in the
-/// order they were accepted; the first failure is kept for COMMIT.
+/// order they were accepted (overlapping ones strictly in that order); the
+/// first failure is kept for COMMIT.
 struct Writer {
     tx: mpsc::UnboundedSender<Job>,
     pending: AtomicUsize,
@@ -83,41 +88,31 @@ impl Writer {
             idle: Notify::new(),
             error: Mutex::new(None),
         });
-        // The task ends when the last handle (file entry or queued job) goes.
+        // The task ends when the last handle (file entry or queued job)
+        // goes. Writes of disjoint ranges go to the volume together (up to
+        // WRITES_IN_FLIGHT); one overlapping a write in flight waits for it.
         tokio::spawn(async move {
-            // A fd reopened after the cached one went bad (brick restart).
-            let mut reopened: Option<Arc<Fd>> = None;
+            let mut running: JoinSet<()> = JoinSet::new();
+            let mut ranges: HashMap<tokio::task::Id, (u64, u64)> = HashMap::new();
             while let Some(job) = rx.recv().await {
-                let w = job.writer.clone();
-                let len = job.data.len();
-                let fd = reopened.clone().unwrap_or_else(|| job.fd.clone());
-                let mut r = volume.write(&fd, job.offset, job.data.clone()).await;
-                if matches!(&r, Err(e) if stale_fd(e)) {
-                    if let Ok(fd) = volume.open(gfid, libc::O_RDWR).await {
-                        let fd = Arc::new(fd);
-                        r = volume.write(&fd, job.offset, job.data.clone()).await;
-                        if let Some(old) = reopened.replace(fd) {
-                            release(&volume, old);
+                let (start, end) = (job.offset, job.offset.saturating_add(job.data.len() as u64));
+                while running.len() >= WRITES_IN_FLIGHT
+                    || ranges.values().any(|(s, e)| start < *e && *s < end)
+                {
+                    match running.join_next_with_id().await {
+                        Some(Ok((id, ()))) => {
+                            ranges.remove(&id);
                         }
+                        Some(Err(e)) => {
+                            ranges.remove(&e.id());
+                        }
+                        None => ranges.clear(),
                     }
                 }
-                let failed = match r {
-                    Ok((n, _)) if n as usize == len => None,
-                    Ok((n, _)) => Some(FsError::Io(format!("short write: {n} of {len} bytes"))),
-                    Err(e) => Some(e),
-                };
-                if let Some(e) = failed {
-                    tracing::warn!(%gfid, offset = job.offset, len, error = %e, "nfs: a write-behind write failed");
-                    w.error.lock().get_or_insert(e);
-                }
-                drop(job);
-                if w.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    w.idle.notify_waiters();
-                }
+                let id = running.spawn(apply(volume.clone(), gfid, job)).id();
+                ranges.insert(id, (start, end));
             }
-            if let Some(fd) = reopened {
-                release(&volume, fd);
-            }
+            while running.join_next().await.is_some() {}
         });
         w
     }
@@ -133,6 +128,34 @@ impl Writer {
             }
             idle.await;
         }
+    }
+}
+
+/// Writes one queued job (reopening the file once if its fd went bad), keeps
+/// a failure for COMMIT and wakes waiters when the queue is empty.
+async fn apply(volume: Arc<Volume>, gfid: Gfid, job: Job) {
+    let w = job.writer.clone();
+    let len = job.data.len();
+    let mut r = volume.write(&job.fd, job.offset, job.data.clone()).await;
+    if matches!(&r, Err(e) if stale_fd(e)) {
+        if let Ok(fd) = volume.open(gfid, libc::O_RDWR).await {
+            let fd = Arc::new(fd);
+            r = volume.write(&fd, job.offset, job.data.clone()).await;
+            release(&volume, fd);
+        }
+    }
+    let failed = match r {
+        Ok((n, _)) if n as usize == len => None,
+        Ok((n, _)) => Some(FsError::Io(format!("short write: {n} of {len} bytes"))),
+        Err(e) => Some(e),
+    };
+    if let Some(e) = failed {
+        tracing::warn!(%gfid, offset = job.offset, len, error = %e, "nfs: a write-behind write failed");
+        w.error.lock().get_or_insert(e);
+    }
+    drop(job);
+    if w.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+        w.idle.notify_waiters();
     }
 }
 
