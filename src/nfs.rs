@@ -137,11 +137,14 @@ async fn serve(
     }
     let mut server = kiln_nfs3::serve_volumes(vols.clone(), cfg).await?;
     let mut nlm = match nlm_cfg {
-        Some(c) => Some(
-            kiln_nlm::serve_nlm(vols, c)
-                .await
-                .context("starting NLM/NSM")?,
-        ),
+        Some(c) => match kiln_nlm::serve_nlm(vols, c).await {
+            Ok(n) => Some(n),
+            Err(e) => {
+                // NFS still works; clients then need `-o nolock`.
+                tracing::error!(error = %e, "nlm: cannot serve NLM/NSM; serving NFS without locking");
+                None
+            }
+        },
         None => None,
     };
     if let Some(n) = nlm.as_mut() {

@@ -3,7 +3,8 @@
 //! lock taken over NFS and one taken through FUSE exclude each other.
 //!
 //! Modules: `types` (XDR of both programs), `locks` (the lock manager:
-//! owners, blocked locks, shares, grace), `monitor` (NSM records on disk),
+//! owners, blocked locks, shares, grace), `ranges` (what an owner holds),
+//! `monitor` (NSM records on disk),
 //! `callback` (GRANTED, `_RES`, SM_NOTIFY to clients), `program` (the RPC
 //! programs), `server` (`serve_nlm`).
 
@@ -11,6 +12,7 @@ pub mod callback;
 pub mod locks;
 pub mod monitor;
 pub mod program;
+pub mod ranges;
 pub mod server;
 pub mod types;
 

@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 
 use crate::callback;
 use crate::monitor::Monitor;
+use crate::ranges::{range_end, RangeSet};
 use crate::types::*;
 
 /// First wait of a blocked lock before it asks the brick again.
@@ -101,12 +102,20 @@ struct Share {
     access: u32,
 }
 
+/// What one owner holds on one file.
+struct Held {
+    host: Vec<u8>,
+    ranges: RangeSet,
+}
+
 /// NLM state of one file.
 #[derive(Default)]
 struct FileEntry {
     fd: Option<Arc<Fd>>,
-    /// Owners that may hold locks here, with their host.
-    owners: HashMap<u64, Vec<u8>>,
+    /// Calls using `fd` right now (the entry stays while any does).
+    busy: usize,
+    /// Owners holding locks here.
+    owners: HashMap<u64, Held>,
     shares: Vec<Share>,
 }
 
@@ -230,9 +239,10 @@ impl LockManager {
         Ok((h, vol.clone()))
     }
 
-    /// The gateway's fd of the file (opened on first use).
+    /// The gateway's fd of the file (opened on first use), marked busy
+    /// until `done`.
     async fn fd(&self, h: FileHandle, vol: &NlmVolume) -> Result<Arc<Fd>, Nlm4Stat> {
-        if let Some(fd) = self.files.lock().get(&h).and_then(|e| e.fd.clone()) {
+        if let Some(fd) = self.use_fd(h) {
             return Ok(fd);
         }
         let fd = match vol.volume.open(h.gfid, libc::O_RDWR).await {
@@ -252,6 +262,7 @@ impl LockManager {
             return Err(Nlm4Stat::DeniedNolocks);
         }
         let e = files.entry(h).or_default();
+        e.busy += 1;
         match &e.fd {
             Some(existing) => {
                 let keep = existing.clone();
@@ -264,6 +275,23 @@ impl LockManager {
                 Ok(fd)
             }
         }
+    }
+
+    /// The file's fd if the gateway has one open, marked busy until `done`.
+    fn use_fd(&self, h: FileHandle) -> Option<Arc<Fd>> {
+        let mut files = self.files.lock();
+        let e = files.get_mut(&h)?;
+        let fd = e.fd.clone()?;
+        e.busy += 1;
+        Some(fd)
+    }
+
+    /// Ends a use of the file's fd (from `fd` or `use_fd`).
+    fn done(&self, h: FileHandle) {
+        if let Some(e) = self.files.lock().get_mut(&h) {
+            e.busy = e.busy.saturating_sub(1);
+        }
+        self.tidy(h);
     }
 
     fn release_later(&self, vol: &NlmVolume, fd: Arc<Fd>) {
@@ -279,7 +307,7 @@ impl LockManager {
             let mut files = self.files.lock();
             let empty = files
                 .get(&h)
-                .is_some_and(|e| e.owners.is_empty() && e.shares.is_empty());
+                .is_some_and(|e| e.owners.is_empty() && e.shares.is_empty() && e.busy == 0);
             let waiting = self.blocked.lock().keys().any(|k| k.fh == h);
             if !empty || waiting {
                 return;
@@ -291,13 +319,38 @@ impl LockManager {
         }
     }
 
-    fn track(&self, h: FileHandle, owner: u64, host: &[u8]) {
-        self.files
-            .lock()
+    /// Notes that `owner` (of `host`) now holds `[start, end]` here.
+    fn held(
+        files: &mut HashMap<FileHandle, FileEntry>,
+        h: FileHandle,
+        owner: u64,
+        host: &[u8],
+        start: u64,
+        end: u64,
+    ) {
+        files
             .entry(h)
             .or_default()
             .owners
-            .insert(owner, host.to_vec());
+            .entry(owner)
+            .or_insert_with(|| Held {
+                host: host.to_vec(),
+                ranges: RangeSet::default(),
+            })
+            .ranges
+            .add(start, end);
+    }
+
+    /// Notes that `owner` released `[start, end]` here.
+    fn released(&self, h: FileHandle, owner: u64, start: u64, end: u64) {
+        if let Some(e) = self.files.lock().get_mut(&h) {
+            if let Some(o) = e.owners.get_mut(&owner) {
+                o.ranges.remove(start, end);
+                if o.ranges.is_empty() {
+                    e.owners.remove(&owner);
+                }
+            }
+        }
     }
 
     /// TEST: would this lock be granted? DENIED names the conflicting lock.
@@ -327,7 +380,7 @@ impl LockManager {
             pid: l.svid as u32,
         };
         let out = vol.volume.lk(&fd, LockCmd::Get, want).await;
-        self.tidy(h);
+        self.done(h);
         match out {
             Ok(found) if found.kind == LockType::Unlock => res(Nlm4Stat::Granted, None),
             Ok(found) => res(
@@ -382,8 +435,38 @@ impl LockManager {
             owner,
             pid: l.svid as u32,
         };
-        self.track(h, owner, &l.caller_name);
-        match vol.volume.lk(&fd, LockCmd::Set, want).await {
+        let out = vol.volume.lk(&fd, LockCmd::Set, want).await;
+        if out.is_ok() {
+            Self::held(
+                &mut self.files.lock(),
+                h,
+                owner,
+                &l.caller_name,
+                l.offset,
+                range_end(l.offset, l.len),
+            );
+        }
+        let stat = self.after_lock(out, a, peer, vol, fd, key, want, grace);
+        self.done(h);
+        stat
+    }
+
+    /// The answer to a LOCK once the brick answered `out`; a conflict on a
+    /// blocking request starts its waiting task.
+    #[allow(clippy::too_many_arguments)]
+    fn after_lock(
+        self: &Arc<Self>,
+        out: kiln_core::FsResult<FileLock>,
+        a: &LockArgs,
+        peer: &Peer,
+        vol: Arc<NlmVolume>,
+        fd: Arc<Fd>,
+        key: BlockKey,
+        want: FileLock,
+        grace: bool,
+    ) -> Nlm4Stat {
+        let l = &a.lock;
+        match out {
             Ok(_) => {
                 self.stats.granted.fetch_add(1, Ordering::Relaxed);
                 if a.reclaim {
@@ -468,11 +551,21 @@ impl LockManager {
                 }
             }
         }
-        // Granted on the brick: still wanted?
+        // Granted on the brick: still wanted? (Noted as held before the
+        // request stops counting as waiting, so the fd stays open.)
         let still = {
+            let mut files = self.files.lock();
             let mut b = self.blocked.lock();
             if b.get(&w.key).is_some_and(|x| x.id == w.id) {
                 b.remove(&w.key);
+                Self::held(
+                    &mut files,
+                    w.key.fh,
+                    w.key.owner,
+                    &w.args.lock.caller_name,
+                    w.want.start,
+                    range_end(w.want.start, w.want.len),
+                );
                 true
             } else {
                 false
@@ -502,6 +595,13 @@ impl LockManager {
                     // The client no longer waits for it (it gave up).
                     tracing::info!(client = %w.peer.client, status = ?s, "nlm: GRANTED callback refused; releasing the lock");
                     self.unlock_range(&w.vol, &w.fd, w.want).await;
+                    self.released(
+                        w.key.fh,
+                        w.key.owner,
+                        w.want.start,
+                        range_end(w.want.start, w.want.len),
+                    );
+                    self.tidy(w.key.fh);
                     return;
                 }
                 Err(e) => {
@@ -570,15 +670,13 @@ impl LockManager {
         let l = &a.lock;
         let owner = owner_id(&l.caller_name, l.svid, &l.oh);
         self.cancel_where(|k, _| k.fh == h && k.owner == owner);
-        let fd = {
-            let files = self.files.lock();
-            match files.get(&h) {
-                Some(e) if e.owners.contains_key(&owner) => e.fd.clone(),
-                // Nothing of this owner's here: nothing to release.
-                _ => return Nlm4Stat::Granted,
-            }
-        };
-        let Some(fd) = fd else {
+        let known = self
+            .files
+            .lock()
+            .get(&h)
+            .is_some_and(|e| e.owners.contains_key(&owner));
+        // Nothing of this owner's here: nothing to release.
+        let Some(fd) = known.then(|| self.use_fd(h)).flatten() else {
             return Nlm4Stat::Granted;
         };
         let ul = FileLock {
@@ -589,12 +687,10 @@ impl LockManager {
             pid: l.svid as u32,
         };
         let r = vol.volume.lk(&fd, LockCmd::Set, ul).await;
-        if l.offset == 0 && l.len == 0 {
-            if let Some(e) = self.files.lock().get_mut(&h) {
-                e.owners.remove(&owner);
-            }
-            self.tidy(h);
+        if r.is_ok() {
+            self.released(h, owner, l.offset, range_end(l.offset, l.len));
         }
+        self.done(h);
         match r {
             Ok(_) => Nlm4Stat::Granted,
             Err(e) => stat_of(&e),
@@ -671,7 +767,7 @@ impl LockManager {
                 let owners: Vec<u64> = e
                     .owners
                     .iter()
-                    .filter(|(_, host)| names.contains(host))
+                    .filter(|(_, held)| names.contains(&held.host))
                     .map(|(o, _)| *o)
                     .collect();
                 for o in &owners {

@@ -425,8 +425,14 @@ async fn lock_test_unlock_and_blocking_with_granted_callback() {
     );
     assert_eq!(c.unlock(lk(&fh, "hostC", 1, 0, 0)).await, Nlm4Stat::Granted);
     let released = Instant::now();
+    // Released in two pieces; the gateway keeps track of what is left.
     assert_eq!(
-        c.unlock(lk(&fh, "hostA", 10, 0, 100)).await,
+        c.unlock(lk(&fh, "hostA", 10, 50, 50)).await,
+        Nlm4Stat::Granted
+    );
+    assert_eq!(server.manager().counts(), (1, 1));
+    assert_eq!(
+        c.unlock(lk(&fh, "hostA", 10, 0, 50)).await,
         Nlm4Stat::Granted
     );
     let g = tokio::time::timeout(Duration::from_secs(5), client.granted.recv())
@@ -480,12 +486,7 @@ async fn lock_test_unlock_and_blocking_with_granted_callback() {
         c.test(lk(&fh, "hostD", 1, 0, 0), true).await.stat,
         Nlm4Stat::Granted
     );
-    // A partial unlock keeps the owner known; a whole-file one forgets it.
-    assert_eq!(server.manager().counts(), (1, 0));
-    assert_eq!(
-        c.unlock(lk(&fh, "hostA", 10, 0, 0)).await,
-        Nlm4Stat::Granted
-    );
+    // hostA unlocked all it held ([0, 100) in two steps): nothing is left.
     // Everything released: the gateway closed its fd of the file.
     assert_eq!(server.manager().counts(), (0, 0));
 }
@@ -856,6 +857,8 @@ async fn async_msg_forms_udp_and_refused_callback() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The refused lock is forgotten too: no file state is left.
+    assert_eq!(server.manager().counts(), (0, 0));
     assert_eq!(
         server
             .manager()
