@@ -121,7 +121,9 @@ pub fn build(spec: &VolumeSpec, client_id: &str) -> Arc<dyn Xlator> {
                     set.len(),
                 );
                 let name = format!("{}-replicate-{k}", spec.name);
-                Arc::new(Replicate::new(name, set.to_vec(), quorum)) as Arc<dyn Xlator>
+                let eager = spec.options.get("cluster.eager-lock").map(String::as_str);
+                Arc::new(Replicate::new(name, set.to_vec(), quorum).with_eager_lock(eager))
+                    as Arc<dyn Xlator>
             })
             .collect()
     };

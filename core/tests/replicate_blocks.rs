@@ -52,6 +52,10 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(None).await
+}
+
+async fn setup_with(eager_lock: Option<&str>) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let id = uuid::Uuid::new_v4().to_string();
     let (mut paths, mut ports, mut tasks, mut specs) = (vec![], vec![], vec![], vec![]);
@@ -87,11 +91,10 @@ async fn setup() -> Setup {
         .into_iter()
         .map(|b| Arc::new(ProtocolClient::new(VOL, b, opts.clone())) as Arc<dyn Xlator>)
         .collect();
-    let rep = Arc::new(Replicate::new(
-        format!("{VOL}-replicate-0"),
-        children,
-        Quorum::None,
-    ));
+    let rep = Arc::new(
+        Replicate::new(format!("{VOL}-replicate-0"), children, Quorum::None)
+            .with_eager_lock(eager_lock),
+    );
     let vol = Volume::with_top(spec, rep.clone());
     vol.wait_ready(Duration::from_secs(10)).await.unwrap();
     Setup {
@@ -416,4 +419,25 @@ async fn a_brick_lost_under_the_eager_lock_stays_accused() {
         std::fs::read(s.at(1, "lost")).unwrap(),
         b"both copies only brick 0 and more"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eager_lock_off_clears_counters_after_each_write() {
+    let s = setup_with(Some("off")).await;
+    let name = Name::new("plain").unwrap();
+    let (_, fd) = s
+        .vol
+        .create(Gfid::ROOT, &name, &Caller::ROOT, 0o644, libc::O_RDWR, false)
+        .await
+        .unwrap();
+    s.vol
+        .write(&fd, 0, Bytes::from_static(b"one transaction"))
+        .await
+        .unwrap();
+    for b in 0..2 {
+        for n in 0..2 {
+            assert_eq!(data_pending(&s, b, "plain", n), 0, "brick {b} vs {n}");
+        }
+    }
+    s.vol.release(&fd).await.unwrap();
 }

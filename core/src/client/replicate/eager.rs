@@ -233,6 +233,9 @@ impl EagerTable {
                     }
                     _ => return,
                 };
+                // Not kept across the release, which forgets the inode
+                // when nobody else refers to it.
+                drop(inode);
                 if due {
                     table.release(gfid, Some(generation)).await;
                     return;

@@ -79,7 +79,7 @@ impl Replicate {
         Fut: Future<Output = FsResult<T>>,
     {
         let kids = self.fd_children(fd).await?;
-        if tokio::runtime::Handle::try_current().is_err() {
+        if !self.eager_on || tokio::runtime::Handle::try_current().is_err() {
             return self.fd_txn_plain(fd, &kids, start, len, op).await;
         }
         let n = self.n();

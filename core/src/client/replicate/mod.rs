@@ -134,6 +134,9 @@ pub struct Replicate {
     heal_counters: heal_data::HealCounters,
     /// Eager data locks held by this client, by inode.
     eager: Arc<eager::EagerTable>,
+    /// Whether data operations through an open file hold locks eagerly
+    /// (`cluster.eager-lock`, on by default).
+    eager_on: bool,
 }
 
 impl Replicate {
@@ -162,7 +165,20 @@ impl Replicate {
             health: Mutex::new(HashMap::new()),
             heal_counters: Default::default(),
             eager,
+            eager_on: true,
         }
+    }
+
+    /// Turns eager locking / delayed post-op on or off (`cluster.eager-lock`:
+    /// `off`, `no`, `false`, `disable` or `0` turn it off).
+    pub fn with_eager_lock(mut self, option: Option<&str>) -> Replicate {
+        self.eager_on = !option.is_some_and(|v| {
+            matches!(
+                v.to_ascii_lowercase().as_str(),
+                "off" | "no" | "false" | "disable" | "0"
+            )
+        });
+        self
     }
 
     /// The changelog xattr names, one per child (for tests and tools).
