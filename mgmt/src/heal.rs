@@ -32,9 +32,12 @@ pub(crate) async fn heal(d: &Arc<Daemon>, name: &str, op: HealOp) -> CliReply {
         return CliReply::Failed(format!("Volume {name} is not started."));
     }
     match op {
-        HealOp::Index | HealOp::Full | HealOp::Info { .. } | HealOp::Statistics => {
-            ask_servers(d, &vol, op).await
-        }
+        HealOp::Index
+        | HealOp::Full
+        | HealOp::Info { .. }
+        | HealOp::InfoHealed
+        | HealOp::InfoHealFailed
+        | HealOp::Statistics => ask_servers(d, &vol, op).await,
         _ => resolve(&vol, op).await,
     }
 }
@@ -66,6 +69,7 @@ async fn ask_servers(d: &Arc<Daemon>, vol: &VolumeConfig, op: HealOp) -> CliRepl
             connected: false,
             entries: Vec::new(),
             crawls: Vec::new(),
+            times: Vec::new(),
         })
         .collect();
     let mut errors = Vec::new();

@@ -264,6 +264,12 @@ pub enum HealOp {
     },
     /// `heal VOL statistics`.
     Statistics,
+    /// `heal VOL info healed` (GlusterFS 3.3): what the heal daemon healed
+    /// lately, with times.
+    InfoHealed,
+    /// `heal VOL info heal-failed` (GlusterFS 3.3): what it failed to heal
+    /// lately, with times.
+    InfoHealFailed,
     /// `heal VOL split-brain bigger-file FILE`.
     BiggerFile(String),
     /// `heal VOL split-brain latest-mtime FILE`.
@@ -301,6 +307,10 @@ pub struct BrickHeal {
     pub entries: Vec<String>,
     /// `statistics`: its crawls, oldest first.
     pub crawls: Vec<CrawlRecord>,
+    /// `info healed` / `info heal-failed`: when each entry was met
+    /// (seconds since the epoch), parallel to `entries`.
+    #[serde(default)]
+    pub times: Vec<u64>,
 }
 
 /// One crawl of one brick by the heal daemon.

@@ -260,6 +260,21 @@ fn the_heal_daemon_heals_a_returning_server_without_clients() {
     // `heal VOL` launches a crawl.
     let out = c.node(2).kiln_ok(&["volume", "heal", VOL]).unwrap();
     assert!(out.contains("has been successful"), "{out}");
+    // GlusterFS 3.3's `info healed`: what the daemon healed, with times.
+    let healed: Value = c
+        .node(2)
+        .kiln_json(&["volume", "heal", VOL, "info", "healed"])
+        .unwrap();
+    let on0 = healed["bricks"][0]["entries"].as_array().unwrap();
+    assert!(on0.iter().any(|e| e == "/f3"), "{healed}");
+    let text = c
+        .node(1)
+        .kiln_ok(&["volume", "heal", VOL, "info", "healed"])
+        .unwrap();
+    assert!(
+        text.contains("at                    path on brick\n"),
+        "{text}"
+    );
     // `volume status` shows both heal daemons.
     let status = c.node(1).kiln_ok(&["volume", "status", VOL]).unwrap();
     let shd: Vec<Vec<&str>> = status
@@ -283,7 +298,11 @@ fn fresh_read(c: &Cluster, vol: &str, rel: &str) -> std::io::Result<Vec<u8>> {
 /// Waits until `rel` on brick `b` holds `want`.
 fn wait_brick_content(b: &Path, rel: &str, want: &[u8]) {
     wait_until(
-        &format!("{} to hold {:?}", b.join(rel).display(), String::from_utf8_lossy(want)),
+        &format!(
+            "{} to hold {:?}",
+            b.join(rel).display(),
+            String::from_utf8_lossy(want)
+        ),
         Duration::from_secs(30),
         || std::fs::read(b.join(rel)).is_ok_and(|x| x == want),
     )
@@ -335,9 +354,11 @@ fn split_brain_is_detected_and_resolved_by_each_policy() {
     std::thread::sleep(Duration::from_millis(1100));
     c.node(2).start().unwrap();
     wait_brick(&c, 2, &bricks[1]);
-    wait_until("the client to write to node02 again", Duration::from_secs(60), || {
-        std::fs::write(m.join(files[0]), side2[0]).is_ok()
-    })
+    wait_until(
+        "the client to write to node02 again",
+        Duration::from_secs(60),
+        || std::fs::write(m.join(files[0]), side2[0]).is_ok(),
+    )
     .unwrap();
     for (f, data) in files.iter().zip(side2) {
         std::fs::write(m.join(f), data).unwrap();
@@ -351,13 +372,17 @@ fn split_brain_is_detected_and_resolved_by_each_policy() {
     wait_brick(&c, 1, &bricks[0]);
     let err = fresh_read(&c, VOL, "sb1").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
-    let listed = wait_for("heal info split-brain to list the files", Duration::from_secs(60), || {
-        let info = heal_info(&c, 3, VOL, true);
-        let all = info
-            .iter()
-            .all(|(_, up, e)| *up && files.iter().all(|f| e.contains(&format!("/{f}"))));
-        Ok(all.then_some(info))
-    });
+    let listed = wait_for(
+        "heal info split-brain to list the files",
+        Duration::from_secs(60),
+        || {
+            let info = heal_info(&c, 3, VOL, true);
+            let all = info
+                .iter()
+                .all(|(_, up, e)| *up && files.iter().all(|f| e.contains(&format!("/{f}"))));
+            Ok(all.then_some(info))
+        },
+    );
     if listed.is_err() {
         c.dump_logs();
     }
@@ -387,14 +412,25 @@ fn split_brain_is_detected_and_resolved_by_each_policy() {
     let b2 = c.node(2).brick_spec(&format!("{VOL}.b1"));
     let b1 = c.node(1).brick_spec(&format!("{VOL}.b0"));
     c.node(1)
-        .kiln_ok(&["volume", "heal", VOL, "split-brain", "source-brick", &b2, "/sb3"])
+        .kiln_ok(&[
+            "volume",
+            "heal",
+            VOL,
+            "split-brain",
+            "source-brick",
+            &b2,
+            "/sb3",
+        ])
         .unwrap();
     // A file not in split-brain is refused.
     let out = c
         .node(1)
         .kiln(&["volume", "heal", VOL, "split-brain", "bigger-file", "/sb1"])
         .unwrap();
-    assert!(!out.success() && out.stderr.contains("not in split-brain"), "{out}");
+    assert!(
+        !out.success() && out.stderr.contains("not in split-brain"),
+        "{out}"
+    );
     // source-brick without a file: every file left in split-brain (sb4).
     let out = c
         .node(3)
@@ -406,13 +442,24 @@ fn split_brain_is_detected_and_resolved_by_each_policy() {
     for (f, w) in files.iter().zip(want) {
         assert_eq!(fresh_read(&c, VOL, f).unwrap(), w, "{f}");
         for b in &bricks {
-            assert_eq!(std::fs::read(b.join(f)).unwrap(), w, "{f} on {}", b.display());
+            assert_eq!(
+                std::fs::read(b.join(f)).unwrap(),
+                w,
+                "{f} on {}",
+                b.display()
+            );
             assert!(clean(VOL, 2, &b.join(f)), "{f} on {}", b.display());
         }
     }
-    wait_until("heal info split-brain to be empty", Duration::from_secs(30), || {
-        heal_info(&c, 3, VOL, true).iter().all(|(_, up, e)| *up && e.is_empty())
-    })
+    wait_until(
+        "heal info split-brain to be empty",
+        Duration::from_secs(30),
+        || {
+            heal_info(&c, 3, VOL, true)
+                .iter()
+                .all(|(_, up, e)| *up && e.is_empty())
+        },
+    )
     .unwrap();
 }
 
@@ -428,7 +475,11 @@ fn add_brick_raises_the_replica_count_and_heal_full_fills_the_new_brick() {
         std::fs::create_dir(&dir).unwrap();
         std::fs::create_dir(dir.join("sub")).unwrap();
         for i in 0..10 {
-            std::fs::write(dir.join(format!("f{i}")), format!("{d}/{i}\n").repeat(i * 40 + 1)).unwrap();
+            std::fs::write(
+                dir.join(format!("f{i}")),
+                format!("{d}/{i}\n").repeat(i * 40 + 1),
+            )
+            .unwrap();
         }
         std::fs::write(dir.join("sub/deep"), format!("deep {d}\n")).unwrap();
     }
@@ -454,13 +505,17 @@ fn add_brick_raises_the_replica_count_and_heal_full_fills_the_new_brick() {
     })
     .unwrap();
     assert!(out.contains("full self heal"), "{out}");
-    let filled = wait_for("the new brick to be filled", Duration::from_secs(120), || {
-        let diff = differences(VOL, 3, &bricks[0], &bricks[2]);
-        if !diff.is_empty() {
-            eprintln!("still differ: {} (e.g. {:?})", diff.len(), diff.first());
-        }
-        Ok(diff.is_empty().then_some(()))
-    });
+    let filled = wait_for(
+        "the new brick to be filled",
+        Duration::from_secs(120),
+        || {
+            let diff = differences(VOL, 3, &bricks[0], &bricks[2]);
+            if !diff.is_empty() {
+                eprintln!("still differ: {} (e.g. {:?})", diff.len(), diff.first());
+            }
+            Ok(diff.is_empty().then_some(()))
+        },
+    );
     if filled.is_err() {
         c.dump_logs();
     }
@@ -473,16 +528,23 @@ fn add_brick_raises_the_replica_count_and_heal_full_fills_the_new_brick() {
         .kiln_json(&["volume", "heal", VOL, "statistics"])
         .unwrap();
     assert!(
-        stats["bricks"].as_array().unwrap().iter().any(|b| b["crawls"]
+        stats["bricks"]
             .as_array()
-            .is_some_and(|cr| cr.iter().any(|r| r["type"] == "FULL"))),
+            .unwrap()
+            .iter()
+            .any(|b| b["crawls"]
+                .as_array()
+                .is_some_and(|cr| cr.iter().any(|r| r["type"] == "FULL"))),
         "{stats}"
     );
     // A new mount writes to all three copies.
     let m = c.client().mount(&format!("node01:/{VOL}")).unwrap();
-    std::fs::write(m.join("after"), b"three copies\n").unwrap();
-    drop(m);
+    let mut f = std::fs::File::create(m.join("after")).unwrap();
+    std::io::Write::write_all(&mut f, b"three copies\n").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
     for b in &bricks {
         wait_brick_content(b, "after", b"three copies\n");
     }
+    drop(m);
 }

@@ -73,6 +73,25 @@ fn heal_text(h: &HealView) -> String {
                 }
             }
         }
+        HealOp::InfoHealed | HealOp::InfoHealFailed => {
+            for b in &h.bricks {
+                let _ = write!(s, "\nBrick {}\n", b.brick);
+                if !b.connected {
+                    s.push_str("Status: Brick is Not connected\nNumber of entries: -\n");
+                    continue;
+                }
+                let _ = writeln!(s, "Number of entries: {}", b.entries.len());
+                if b.entries.is_empty() {
+                    continue;
+                }
+                s.push_str(
+                    "at                    path on brick\n-----------------------------------\n",
+                );
+                for (e, t) in b.entries.iter().zip(&b.times) {
+                    let _ = writeln!(s, "{} {e}", iso(*t));
+                }
+            }
+        }
         HealOp::Statistics => {
             for b in &h.bricks {
                 s.push_str("------------------------------------------------\n");
@@ -104,11 +123,22 @@ fn heal_text(h: &HealView) -> String {
     s
 }
 
-/// Seconds since the epoch as `Wed Nov 25 13:07:30 2026` (UTC).
-fn utc(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
+/// Seconds since the epoch as `2026-11-25 13:07:30` (UTC).
+fn iso(secs: u64) -> String {
+    let (year, month, day, _) = civil(secs);
     let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Year, month, day and days since the epoch of `secs` (UTC), by Howard
+/// Hinnant's civil-from-days algorithm.
+fn civil(secs: u64) -> (i64, i64, i64, i64) {
+    let days = (secs / 86_400) as i64;
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -117,7 +147,13 @@ fn utc(secs: u64) -> String {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    (yoe + era * 400 + i64::from(month <= 2), month, day, days)
+}
+
+/// Seconds since the epoch as `Wed Nov 25 13:07:30 2026` (UTC).
+fn utc(secs: u64) -> String {
+    let (year, month, day, days) = civil(secs);
+    let rem = secs % 86_400;
     const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MON: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
@@ -145,6 +181,7 @@ fn heal_brick_json(b: &BrickHeal) -> Value {
         "index": b.index, "brick": b.brick, "connected": b.connected,
         "number_of_entries": if b.connected { Some(b.entries.len()) } else { None },
         "entries": b.entries,
+        "times": b.times,
         "crawls": b.crawls.iter().map(crawl_json).collect::<Vec<_>>(),
     })
 }
@@ -615,6 +652,7 @@ mod tests {
     fn heal_layouts() {
         assert_eq!(utc(0), "Thu Jan  1 00:00:00 1970");
         assert_eq!(utc(1_795_612_050), "Wed Nov 25 13:07:30 2026");
+        assert_eq!(iso(1_795_612_050), "2026-11-25 13:07:30");
         let b = |i: usize, up: bool, entries: &[&str]| BrickHeal {
             index: i,
             brick: format!("node0{}:/export/b", i + 1),
@@ -629,6 +667,7 @@ mod tests {
                 failed: 1,
                 split_brain: 0,
             }],
+            times: vec![1_795_612_050, 1_795_612_051],
         };
         let view = |op: HealOp| {
             CliReply::Heal(HealView {
@@ -642,6 +681,11 @@ mod tests {
         assert_eq!(
             out,
             "Heal operation on volume v has been successful\n\nBrick node01:/export/b\nNumber of entries: 2\n/\n<gfid:x>\n\nBrick node02:/export/b\nStatus: Brick is Not connected\nNumber of entries: -\n"
+        );
+        let out = text(&view(HealOp::InfoHealed)).stdout;
+        assert!(
+            out.contains("Brick node01:/export/b\nNumber of entries: 2\nat                    path on brick\n-----------------------------------\n2026-11-25 13:07:30 /\n2026-11-25 13:07:31 <gfid:x>\n"),
+            "{out}"
         );
         let out = text(&view(HealOp::Statistics)).stdout;
         assert!(out.contains("Crawl statistics for brick no 1\nHostname of brick node02\n"));

@@ -40,7 +40,7 @@ pub(crate) const USAGE: &[&str] = &[
     "volume status [all|<VOLNAME>] [detail]",
     "volume set <VOLNAME> <KEY> <VALUE>",
     "volume reset <VOLNAME> [option] [force]",
-    "volume heal <VOLNAME> [full | statistics | info [split-brain] | split-brain {bigger-file <FILE> | latest-mtime <FILE> | source-brick <HOSTNAME:BRICKNAME> [<FILE>]}]",
+    "volume heal <VOLNAME> [full | statistics | info [split-brain | healed | heal-failed] | split-brain {bigger-file <FILE> | latest-mtime <FILE> | source-brick <HOSTNAME:BRICKNAME> [<FILE>]}]",
     "volume add-brick <VOLNAME> [replica <COUNT>] <NEW-BRICK> ... [force]",
 ];
 
@@ -222,6 +222,8 @@ fn heal_op(w: &[&str]) -> Result<HealOp, String> {
         ["full"] => HealOp::Full,
         ["info"] => HealOp::Info { split_brain: false },
         ["info", "split-brain"] => HealOp::Info { split_brain: true },
+        ["info", "healed"] => HealOp::InfoHealed,
+        ["info", "heal-failed"] => HealOp::InfoHealFailed,
         ["statistics"] => HealOp::Statistics,
         ["split-brain", "bigger-file", f] => HealOp::BiggerFile(s(f)),
         ["split-brain", "latest-mtime", f] => HealOp::LatestMtime(s(f)),
@@ -519,6 +521,11 @@ mod tests {
             HealOp::Info { split_brain: true }
         );
         assert_eq!(heal("volume heal vol2 statistics"), HealOp::Statistics);
+        assert_eq!(heal("volume heal vol2 info healed"), HealOp::InfoHealed);
+        assert_eq!(
+            heal("volume heal vol2 info heal-failed"),
+            HealOp::InfoHealFailed
+        );
         assert_eq!(
             heal("volume heal vol2 split-brain bigger-file /a/b"),
             HealOp::BiggerFile("/a/b".into())

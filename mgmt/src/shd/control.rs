@@ -74,11 +74,22 @@ async fn handle(req: ShdRequest, vols: &[Arc<HealedVolume>]) -> Result<Vec<Brick
             connected: c.set.child(c.child).is_some_and(|x| x.is_up()),
             entries: Vec::new(),
             crawls: Vec::new(),
+            times: Vec::new(),
         };
         match &req.op {
             HealOp::Index => c.kick(),
             HealOp::Full => c.kick_full(),
             HealOp::Statistics => b.crawls = c.records(),
+            HealOp::InfoHealed | HealOp::InfoHealFailed => {
+                let events = c.events(req.op == HealOp::InfoHealFailed);
+                let gfids: Vec<_> = events.iter().map(|(_, g)| *g).collect();
+                b.times = events.iter().map(|(t, _)| *t).collect();
+                let path = c.path.clone();
+                b.entries =
+                    tokio::task::spawn_blocking(move || super::paths::name_gfids(&path, &gfids))
+                        .await
+                        .map_err(|e| e.to_string())?;
+            }
             HealOp::Info { split_brain } => {
                 let gfids = c.pending().await.map_err(|e| format!("{}: {e}", c.label))?;
                 let mut keep = Vec::new();

@@ -23,6 +23,9 @@ const PAGE: u32 = 1024;
 /// Passes of one index crawl while it still makes progress (a directory
 /// healed late re-creates files listed earlier).
 const PASSES: usize = 4;
+/// Healed and failed gfids remembered per brick (`info healed`,
+/// `info heal-failed`).
+const KEEP_EVENTS: usize = 1024;
 /// How often children are checked for coming back.
 const WATCH_EVERY: Duration = Duration::from_millis(500);
 
@@ -38,6 +41,10 @@ pub(crate) struct BrickCrawler {
     /// The brick directory (local: used to name gfids by path).
     pub(crate) path: PathBuf,
     records: Mutex<VecDeque<CrawlRecord>>,
+    /// Recently healed gfids, with when.
+    healed: Mutex<VecDeque<(u64, Gfid)>>,
+    /// Recent heal failures, with when.
+    failed: Mutex<VecDeque<(u64, Gfid)>>,
     kick: Notify,
     full_wanted: AtomicBool,
     /// Serializes crawls of this brick.
@@ -68,6 +75,8 @@ impl BrickCrawler {
             label,
             path,
             records: Mutex::new(VecDeque::new()),
+            healed: Mutex::new(VecDeque::new()),
+            failed: Mutex::new(VecDeque::new()),
             kick: Notify::new(),
             full_wanted: AtomicBool::new(false),
             busy: tokio::sync::Mutex::new(()),
@@ -89,6 +98,24 @@ impl BrickCrawler {
     /// The crawl records, oldest first.
     pub(crate) fn records(&self) -> Vec<CrawlRecord> {
         self.records.lock().iter().cloned().collect()
+    }
+
+    /// Recently healed (`failed` false) or failed gfids, oldest first.
+    pub(crate) fn events(&self, failed: bool) -> Vec<(u64, Gfid)> {
+        let q = if failed { &self.failed } else { &self.healed };
+        q.lock().iter().copied().collect()
+    }
+
+    fn note(&self, failed: bool, gfid: Gfid) {
+        let mut q = if failed {
+            self.failed.lock()
+        } else {
+            self.healed.lock()
+        };
+        if q.len() >= KEEP_EVENTS {
+            q.pop_front();
+        }
+        q.push_back((now(), gfid));
     }
 
     fn begin(&self, kind: &str) -> usize {
@@ -183,19 +210,28 @@ impl BrickCrawler {
         let rec = self.begin("INDEX");
         let mut total = CrawlCounts::default();
         let mut todo = pending;
+        let mut failed = Vec::new();
         for pass in 0..PASSES {
             let mut c = CrawlCounts::default();
+            failed.clear();
             for gfid in &todo {
                 c.scanned += 1;
                 match self.set.heal_gfid(*gfid, &gfid.to_string()).await {
-                    Ok(HealOutcome::Healed) => c.healed += 1,
+                    Ok(HealOutcome::Healed) => {
+                        c.healed += 1;
+                        self.note(false, *gfid);
+                    }
                     Ok(HealOutcome::Clean) => {}
                     Ok(HealOutcome::SplitBrain) => c.split_brain += 1,
-                    Ok(HealOutcome::Pending) => c.failed += 1,
+                    Ok(HealOutcome::Pending) => {
+                        c.failed += 1;
+                        failed.push(*gfid);
+                    }
                     Err(FsError::NotFound) | Err(FsError::Stale) => {}
                     Err(e) => {
                         tracing::debug!(volume = %self.volume, brick = %self.label, %gfid, "heal: {e}");
                         c.failed += 1;
+                        failed.push(*gfid);
                     }
                 }
             }
@@ -212,6 +248,10 @@ impl BrickCrawler {
                 Ok(p) if !p.is_empty() => todo = p,
                 _ => break,
             }
+        }
+        // What the last pass could not heal.
+        for g in failed {
+            self.note(true, g);
         }
         tracing::info!(volume = %self.volume, brick = %self.label, scanned = total.scanned, healed = total.healed, failed = total.failed, split_brain = total.split_brain, "index crawl done");
         self.finish(rec, total);
