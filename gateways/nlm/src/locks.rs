@@ -1,9 +1,10 @@
 //! The lock manager behind NLM: NLM locks become the volume's POSIX locks
 //! (`Volume::lk`) on an fd the gateway keeps open per file while one of its
 //! clients holds locks there, with owner = a stable hash of (caller_name,
-//! svid, oh); blocked LOCKs wait in a task polling the brick, cancellable by
-//! CANCEL, UNLOCK and FREE_ALL, and end with a GRANTED callback; DOS share
-//! reservations are kept here; the grace period after a restart.
+//! svid, oh); blocked LOCKs (`blocking`) wait in a task polling the brick,
+//! cancellable by CANCEL, UNLOCK and FREE_ALL, and end with a GRANTED
+//! callback; DOS share reservations are kept here; the grace period after a
+//! restart.
 
 use kiln_core::client::{Fd, Volume};
 use kiln_core::proto::{FileLock, LockCmd, LockType};
@@ -15,25 +16,17 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::Notify;
+use std::time::Instant;
 
-use crate::callback;
+mod blocking;
+
 use crate::monitor::Monitor;
 use crate::ranges::{range_end, RangeSet};
 use crate::types::*;
+use blocking::{BlockKey, Blocked};
 
-/// First wait of a blocked lock before it asks the brick again.
-const POLL_MIN: Duration = Duration::from_millis(100);
-/// Longest wait between two tries of a blocked lock.
-const POLL_MAX: Duration = Duration::from_millis(250);
-/// Most blocked locks waiting at once (LOCK beyond answers DENIED_NOLOCKS).
-const MAX_BLOCKED: usize = 4096;
 /// Most files with NLM state at once.
 const MAX_FILES: usize = 65536;
-/// How often, and how long, a GRANTED callback is retried.
-const GRANTED_RETRY: Duration = Duration::from_secs(5);
-const GRANTED_TRIES: u32 = 12;
 
 /// One served volume, as NLM sees it.
 pub struct NlmVolume {
@@ -117,22 +110,6 @@ struct FileEntry {
     /// Owners holding locks here.
     owners: HashMap<u64, Held>,
     shares: Vec<Share>,
-}
-
-/// Identifies one blocked request.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct BlockKey {
-    fh: FileHandle,
-    owner: u64,
-    offset: u64,
-    len: u64,
-    exclusive: bool,
-}
-
-struct Blocked {
-    id: u64,
-    host: Vec<u8>,
-    cancel: Arc<Notify>,
 }
 
 /// Outcome counters (tests and logs).
@@ -476,43 +453,7 @@ impl LockManager {
                 Nlm4Stat::Granted
             }
             Err(FsError::WouldBlock) if a.block && !grace => {
-                let mut blocked = self.blocked.lock();
-                if blocked.len() >= MAX_BLOCKED {
-                    return Nlm4Stat::DeniedNolocks;
-                }
-                if blocked.contains_key(&key) {
-                    return Nlm4Stat::Blocked;
-                }
-                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                let cancel = Arc::new(Notify::new());
-                blocked.insert(
-                    key.clone(),
-                    Blocked {
-                        id,
-                        host: l.caller_name.clone(),
-                        cancel: cancel.clone(),
-                    },
-                );
-                drop(blocked);
-                self.stats.blocked.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(host = %String::from_utf8_lossy(&l.caller_name), svid = l.svid, offset = l.offset, len = l.len, "nlm: lock blocked; waiting");
-                let me = self.clone();
-                let wait = Waiting {
-                    key,
-                    id,
-                    vol,
-                    fd,
-                    want,
-                    args: TestArgs {
-                        cookie: a.cookie.clone(),
-                        exclusive: a.exclusive,
-                        lock: l.clone(),
-                    },
-                    peer: *peer,
-                    cancel,
-                };
-                tokio::spawn(async move { me.wait_and_grant(wait).await });
-                Nlm4Stat::Blocked
+                self.start_waiting(a, peer, vol, fd, key, want)
             }
             Err(e) => {
                 if matches!(e, FsError::WouldBlock) {
@@ -523,126 +464,6 @@ impl LockManager {
                 s
             }
         }
-    }
-
-    async fn wait_and_grant(self: Arc<Self>, w: Waiting) {
-        let mut pause = POLL_MIN;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = w.cancel.notified() => {
-                    self.tidy(w.key.fh);
-                    return;
-                }
-            }
-            pause = (pause * 2).min(POLL_MAX);
-            if !self.is_waiting(&w) {
-                self.tidy(w.key.fh);
-                return;
-            }
-            match w.vol.volume.lk(&w.fd, LockCmd::Set, w.want).await {
-                Ok(_) => break,
-                Err(FsError::WouldBlock) | Err(FsError::Deadlock) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "nlm: a blocked lock failed; dropping it");
-                    self.blocked.lock().remove(&w.key);
-                    self.tidy(w.key.fh);
-                    return;
-                }
-            }
-        }
-        // Granted on the brick: still wanted? (Noted as held before the
-        // request stops counting as waiting, so the fd stays open.)
-        let still = {
-            let mut files = self.files.lock();
-            let mut b = self.blocked.lock();
-            if b.get(&w.key).is_some_and(|x| x.id == w.id) {
-                b.remove(&w.key);
-                Self::held(
-                    &mut files,
-                    w.key.fh,
-                    w.key.owner,
-                    &w.args.lock.caller_name,
-                    w.want.start,
-                    range_end(w.want.start, w.want.len),
-                );
-                true
-            } else {
-                false
-            }
-        };
-        if !still {
-            self.unlock_range(&w.vol, &w.fd, w.want).await;
-            self.tidy(w.key.fh);
-            return;
-        }
-        self.stats.granted.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(host = %String::from_utf8_lossy(&w.args.lock.caller_name), svid = w.args.lock.svid, "nlm: blocked lock granted; calling the client back");
-        let mut args = w.args.clone();
-        for attempt in 0..GRANTED_TRIES {
-            args.cookie = self
-                .next_id
-                .fetch_add(1, Ordering::Relaxed)
-                .to_be_bytes()
-                .to_vec();
-            match callback::granted(&w.peer, self.pmap_port, &args).await {
-                Ok(Nlm4Stat::Granted) => {
-                    self.stats.callbacks_ok.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(client = %w.peer.client, "nlm: GRANTED callback accepted");
-                    return;
-                }
-                Ok(s) => {
-                    // The client no longer waits for it (it gave up).
-                    tracing::info!(client = %w.peer.client, status = ?s, "nlm: GRANTED callback refused; releasing the lock");
-                    self.unlock_range(&w.vol, &w.fd, w.want).await;
-                    self.released(
-                        w.key.fh,
-                        w.key.owner,
-                        w.want.start,
-                        range_end(w.want.start, w.want.len),
-                    );
-                    self.tidy(w.key.fh);
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(client = %w.peer.client, attempt, error = %e, "nlm: GRANTED callback failed");
-                    tokio::time::sleep(GRANTED_RETRY).await;
-                }
-            }
-        }
-        // Keep the lock: the client's re-sent LOCK is answered GRANTED, and
-        // its reboot (SM_NOTIFY) or FREE_ALL releases it.
-    }
-
-    fn is_waiting(&self, w: &Waiting) -> bool {
-        self.blocked
-            .lock()
-            .get(&w.key)
-            .is_some_and(|b| b.id == w.id)
-    }
-
-    async fn unlock_range(&self, vol: &NlmVolume, fd: &Fd, mut l: FileLock) {
-        l.kind = LockType::Unlock;
-        if let Err(e) = vol.volume.lk(fd, LockCmd::Set, l).await {
-            tracing::warn!(error = %e, "nlm: unlock failed");
-        }
-    }
-
-    /// Stops the blocked requests matching `pred`; returns how many.
-    fn cancel_where(&self, pred: impl Fn(&BlockKey, &Blocked) -> bool) -> usize {
-        let gone: Vec<Blocked> = {
-            let mut b = self.blocked.lock();
-            let keys: Vec<BlockKey> = b
-                .iter()
-                .filter(|(k, v)| pred(k, v))
-                .map(|(k, _)| k.clone())
-                .collect();
-            keys.iter().filter_map(|k| b.remove(k)).collect()
-        };
-        for g in &gone {
-            g.cancel.notify_one();
-        }
-        gone.len()
     }
 
     /// CANCEL: stops a blocked request.
@@ -820,17 +641,6 @@ impl LockManager {
         let h = FileHandle::decode(fh)?;
         Some((self.vols.get(&h.volume)?.clone(), h.gfid))
     }
-}
-
-struct Waiting {
-    key: BlockKey,
-    id: u64,
-    vol: Arc<NlmVolume>,
-    fd: Arc<Fd>,
-    want: FileLock,
-    args: TestArgs,
-    peer: Peer,
-    cancel: Arc<Notify>,
 }
 
 #[cfg(test)]

@@ -1,19 +1,18 @@
-//! NLM v4 (program 100021) and NSM v1 (program 100024) wire types, as the
-//! X/Open XNFS specification and the `sm_inter.x` protocol file define them:
+//! NLM v4 (program 100021) wire types, as the X/Open XNFS specification
+//! defines them (NSM v1's, from `sm_inter.x`, in `nsm`):
 //! bounded decoders for every procedure's arguments and encoders for the
 //! results. Decoding never panics and never allocates past the field caps.
 
 use kiln_portmap::{XdrError, XdrReader, XdrResult, XdrWriter};
 
+mod nsm;
+
+pub use nsm::*;
+
 /// NLM program number.
 pub const NLM_PROGRAM: u32 = 100021;
 /// The NLM version served (NLM v4, 64-bit offsets, for NFSv3).
 pub const NLM_V4: u32 = 4;
-/// NSM (status monitor) program number.
-pub const NSM_PROGRAM: u32 = 100024;
-/// NSM version.
-pub const NSM_V1: u32 = 1;
-
 /// `LM_MAXSTRLEN`: caller names and NSM host names.
 pub const LM_MAXSTRLEN: usize = 1024;
 /// `MAXNETOBJ_SZ`: cookies, file handles, owner handles.
@@ -61,24 +60,6 @@ pub mod proc4 {
     pub const NM_LOCK: u32 = 22;
     /// NLM4_FREE_ALL.
     pub const FREE_ALL: u32 = 23;
-}
-
-/// NSM v1 procedure numbers.
-pub mod nsmproc {
-    /// SM_NULL.
-    pub const NULL: u32 = 0;
-    /// SM_STAT.
-    pub const STAT: u32 = 1;
-    /// SM_MON.
-    pub const MON: u32 = 2;
-    /// SM_UNMON.
-    pub const UNMON: u32 = 3;
-    /// SM_UNMON_ALL.
-    pub const UNMON_ALL: u32 = 4;
-    /// SM_SIMU_CRASH.
-    pub const SIMU_CRASH: u32 = 5;
-    /// SM_NOTIFY.
-    pub const NOTIFY: u32 = 6;
 }
 
 /// `nlm4_stats`.
@@ -527,93 +508,6 @@ impl Notify {
     }
 }
 
-/// NSM `stat_chge` (SM_NOTIFY): host `mon_name` is now in state `state`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatChge {
-    /// The host whose state changed.
-    pub mon_name: Vec<u8>,
-    /// Its new state number (odd: up).
-    pub state: i32,
-}
-
-impl StatChge {
-    /// Decodes the arguments.
-    pub fn decode(r: &mut XdrReader<'_>) -> XdrResult<StatChge> {
-        Ok(StatChge {
-            mon_name: r.get_string(LM_MAXSTRLEN)?.to_vec(),
-            state: r.get_i32()?,
-        })
-    }
-
-    /// Encodes the arguments.
-    pub fn encode(&self, w: &mut XdrWriter) {
-        w.put_string(&self.mon_name);
-        w.put_i32(self.state);
-    }
-}
-
-/// NSM `mon` (SM_MON): monitor `mon_name`, calling `my_*` back on a change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mon {
-    /// The host to monitor.
-    pub mon_name: Vec<u8>,
-    /// The host to call back (the caller's own name).
-    pub my_name: Vec<u8>,
-    /// Callback program.
-    pub my_prog: u32,
-    /// Callback version.
-    pub my_vers: u32,
-    /// Callback procedure.
-    pub my_proc: u32,
-    /// Returned in the callback.
-    pub priv_: [u8; 16],
-}
-
-impl Mon {
-    /// Decodes `mon`.
-    pub fn decode(r: &mut XdrReader<'_>) -> XdrResult<Mon> {
-        Ok(Mon {
-            mon_name: r.get_string(LM_MAXSTRLEN)?.to_vec(),
-            my_name: r.get_string(LM_MAXSTRLEN)?.to_vec(),
-            my_prog: r.get_u32()?,
-            my_vers: r.get_u32()?,
-            my_proc: r.get_u32()?,
-            priv_: r.get_array::<16>()?,
-        })
-    }
-
-    /// Encodes `mon`.
-    pub fn encode(&self, w: &mut XdrWriter) {
-        w.put_string(&self.mon_name);
-        w.put_string(&self.my_name);
-        w.put_u32(self.my_prog);
-        w.put_u32(self.my_vers);
-        w.put_u32(self.my_proc);
-        w.put_fixed(&self.priv_);
-    }
-}
-
-/// NSM `mon_id` (SM_UNMON).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MonId {
-    /// The monitored host.
-    pub mon_name: Vec<u8>,
-    /// The caller.
-    pub my_name: Vec<u8>,
-}
-
-impl MonId {
-    /// Decodes `mon_id` (the `my_id` callback numbers are read and dropped).
-    pub fn decode(r: &mut XdrReader<'_>) -> XdrResult<MonId> {
-        let mon_name = r.get_string(LM_MAXSTRLEN)?.to_vec();
-        let my_name = r.get_string(LM_MAXSTRLEN)?.to_vec();
-        r.get_u32()?;
-        r.get_u32()?;
-        r.get_u32()?;
-        Ok(MonId { mon_name, my_name })
-    }
-}
-
 /// Arguments of one NLM v4 call, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NlmCall {
@@ -652,47 +546,6 @@ pub fn decode_nlm(proc_: u32, args: &[u8]) -> Option<XdrResult<NlmCall>> {
         LOCK_RES | CANCEL_RES | UNLOCK_RES | GRANTED_RES => Res::decode(&mut r).map(NlmCall::Res),
         SHARE | UNSHARE => ShareArgs::decode(&mut r).map(NlmCall::Share),
         FREE_ALL => Notify::decode(&mut r).map(NlmCall::FreeAll),
-        _ => return None,
-    };
-    Some(call.and_then(|c| r.finish().map(|_| c)))
-}
-
-/// Arguments of one NSM v1 call, decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NsmCall {
-    /// SM_NULL, SM_SIMU_CRASH.
-    Void,
-    /// SM_STAT: `sm_name`.
-    Stat(Vec<u8>),
-    /// SM_MON.
-    Mon(Mon),
-    /// SM_UNMON.
-    Unmon(MonId),
-    /// SM_UNMON_ALL: `my_id` (its name).
-    UnmonAll(Vec<u8>),
-    /// SM_NOTIFY.
-    Notify(StatChge),
-}
-
-/// Decodes the arguments of NSM procedure `proc_`; `None` for an unknown one.
-pub fn decode_nsm(proc_: u32, args: &[u8]) -> Option<XdrResult<NsmCall>> {
-    use nsmproc::*;
-    let mut r = XdrReader::new(args);
-    let call = match proc_ {
-        NULL | SIMU_CRASH => Ok(NsmCall::Void),
-        STAT => r
-            .get_string(LM_MAXSTRLEN)
-            .map(|s| NsmCall::Stat(s.to_vec())),
-        MON => Mon::decode(&mut r).map(NsmCall::Mon),
-        UNMON => MonId::decode(&mut r).map(NsmCall::Unmon),
-        UNMON_ALL => (|| {
-            let name = r.get_string(LM_MAXSTRLEN)?.to_vec();
-            r.get_u32()?;
-            r.get_u32()?;
-            r.get_u32()?;
-            Ok(NsmCall::UnmonAll(name))
-        })(),
-        NOTIFY => StatChge::decode(&mut r).map(NsmCall::Notify),
         _ => return None,
     };
     Some(call.and_then(|c| r.finish().map(|_| c)))
