@@ -9,7 +9,7 @@ use bytes::Bytes;
 use kiln_core::client::{Fd, Volume};
 use kiln_core::{FsError, FsResult, Gfid, Iatt};
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +26,9 @@ pub const WRITE_BEHIND_KIB: usize = 32 * 1024;
 /// Queued writes of one file sent to the volume at once (disjoint ranges).
 pub const WRITES_IN_FLIGHT: usize = 4;
 
+/// READs of one sequential reader fetched ahead at most.
+pub const READ_AHEAD_DEPTH: u64 = 4;
+
 /// Read-ahead data a volume's gateway may hold, in KiB.
 pub const READ_AHEAD_KIB: usize = 64 * 1024;
 
@@ -38,7 +41,7 @@ struct FileEntry {
     used: Instant,
     attr: Option<(Iatt, Instant)>,
     writer: Option<Arc<Writer>>,
-    ahead: Option<ReadAhead>,
+    ahead: VecDeque<ReadAhead>,
 }
 
 /// What a read-ahead brings: the data and the attributes read with it.
@@ -212,14 +215,12 @@ impl FdCache {
         }
     }
 
-    /// Starts reading `count` bytes at `offset` of `gfid` (and its
-    /// attributes) for the READ a sequential reader sends next; nothing if
-    /// the file is not open here or the read-ahead budget is spent.
-    pub fn read_ahead(&self, gfid: Gfid, fd: Arc<Fd>, offset: u64, count: u32) {
+    /// Reads ahead for a sequential reader whose next READ is `count`
+    /// bytes at `offset` of `gfid`: up to `READ_AHEAD_DEPTH` such ranges
+    /// (data and attributes) below `size`. Nothing if the file is not open
+    /// here or has writes queued; fewer when the budget is spent.
+    pub fn read_ahead(&self, gfid: Gfid, fd: Arc<Fd>, offset: u64, count: u32, size: u64) {
         let kib = (count as usize).div_ceil(1024).clamp(1, READ_AHEAD_KIB) as u32;
-        let Ok(budget) = self.ra_budget.clone().try_acquire_many_owned(kib) else {
-            return;
-        };
         let mut files = self.files.lock();
         let Some(e) = files.get_mut(&gfid) else {
             return;
@@ -230,30 +231,61 @@ impl FdCache {
         {
             return;
         }
-        let vol = self.volume.clone();
-        let task =
-            tokio::spawn(
-                async move { tokio::join!(vol.read(&fd, offset, count), vol.getattr(gfid)) },
-            );
-        e.ahead = Some(ReadAhead {
-            offset,
-            count,
-            started: Instant::now(),
-            task,
-            _budget: budget,
-        });
+        // Another pattern than the window's: start over.
+        if e.ahead
+            .front()
+            .is_some_and(|ra| ra.offset != offset || ra.count != count)
+        {
+            e.ahead.clear();
+        }
+        for k in 0..READ_AHEAD_DEPTH {
+            let at = offset.saturating_add(k * u64::from(count));
+            if at >= size {
+                break;
+            }
+            if e.ahead.iter().any(|ra| ra.offset == at) {
+                continue;
+            }
+            let Ok(budget) = self.ra_budget.clone().try_acquire_many_owned(kib) else {
+                break;
+            };
+            let vol = self.volume.clone();
+            let fd = fd.clone();
+            let task =
+                tokio::spawn(
+                    async move { tokio::join!(vol.read(&fd, at, count), vol.getattr(gfid)) },
+                );
+            e.ahead.push_back(ReadAhead {
+                offset: at,
+                count,
+                started: Instant::now(),
+                task,
+                _budget: budget,
+            });
+        }
     }
 
-    /// The read-ahead of `gfid` if it is exactly this READ and fresh (any
-    /// other is dropped).
+    /// The read-ahead of `gfid` if it is exactly this READ and fresh (on a
+    /// miss the whole window is dropped).
     pub async fn take_read_ahead(
         &self,
         gfid: Gfid,
         offset: u64,
         count: u32,
     ) -> Option<AheadResult> {
-        let mut ra = self.files.lock().get_mut(&gfid)?.ahead.take()?;
-        if ra.offset != offset || ra.count != count || ra.started.elapsed() > READ_AHEAD_FRESH {
+        let mut ra = {
+            let mut files = self.files.lock();
+            let e = files.get_mut(&gfid)?;
+            match e.ahead.front() {
+                Some(ra) if ra.offset == offset && ra.count == count => e.ahead.pop_front()?,
+                Some(_) => {
+                    e.ahead.clear();
+                    return None;
+                }
+                None => return None,
+            }
+        };
+        if ra.started.elapsed() > READ_AHEAD_FRESH {
             return None;
         }
         (&mut ra.task).await.ok()
@@ -265,7 +297,7 @@ impl FdCache {
             .files
             .lock()
             .get_mut(&gfid)
-            .and_then(|e| e.ahead.take());
+            .map(|e| std::mem::take(&mut e.ahead));
         drop(ra);
     }
 
@@ -285,10 +317,10 @@ impl FdCache {
                         .get_or_insert_with(|| Writer::start(self.volume.clone(), gfid))
                         .clone(),
                     // What was read ahead predates this write.
-                    e.ahead.take(),
+                    std::mem::take(&mut e.ahead),
                 ),
                 // Evicted meanwhile: a queue of its own, gone when drained.
-                None => (Writer::start(self.volume.clone(), gfid), None),
+                None => (Writer::start(self.volume.clone(), gfid), VecDeque::new()),
             }
         };
         drop(stale_ahead);
@@ -363,7 +395,7 @@ impl FdCache {
                 used: Instant::now(),
                 attr: None,
                 writer: None,
-                ahead: None,
+                ahead: VecDeque::new(),
             },
         );
         fd

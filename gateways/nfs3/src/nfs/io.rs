@@ -83,7 +83,7 @@ impl NfsProgram {
         if !eof {
             if let Ok(fd) = self.file_fd(&t).await {
                 let next = args.offset.saturating_add(data.len() as u64);
-                vol.fds.read_ahead(t.gfid, fd, next, count);
+                vol.fds.read_ahead(t.gfid, fd, next, count, a.size);
             }
         }
         let mut w = XdrWriter::with_capacity(data.len() + 128);
