@@ -377,6 +377,20 @@ impl LockManager {
     /// LOCK: granted now, denied, or (blocking) queued with a GRANTED
     /// callback to come.
     pub async fn lock(self: &Arc<Self>, a: &LockArgs, peer: &Peer) -> Nlm4Stat {
+        self.lock_as(a, peer, true).await
+    }
+
+    /// NM_LOCK: a non-monitored lock (the client runs no statd: it is not
+    /// recorded for notification, and it cannot wait).
+    pub async fn nm_lock(self: &Arc<Self>, a: &LockArgs, peer: &Peer) -> Nlm4Stat {
+        let a = LockArgs {
+            block: false,
+            ..a.clone()
+        };
+        self.lock_as(&a, peer, false).await
+    }
+
+    async fn lock_as(self: &Arc<Self>, a: &LockArgs, peer: &Peer, monitored: bool) -> Nlm4Stat {
         let grace = self.in_grace();
         if grace && !a.reclaim {
             return Nlm4Stat::DeniedGracePeriod;
@@ -400,7 +414,9 @@ impl LockManager {
         }
         // The client is monitored before it can hold anything, so a restart
         // of this gateway can tell it to reclaim.
-        self.monitor.note(&l.caller_name, peer).await;
+        if monitored {
+            self.monitor.note(&l.caller_name, peer).await;
+        }
         let fd = match self.fd(h, &vol).await {
             Ok(fd) => fd,
             Err(s) => return s,

@@ -87,8 +87,13 @@ impl RpcProgram for NlmProgram {
                 .encode(&mut w)
             }
             (GRANTED_MSG, NlmCall::Test(_)) => {}
-            (LOCK | NM_LOCK, NlmCall::Lock(a)) => Res {
+            (LOCK, NlmCall::Lock(a)) => Res {
                 stat: self.mgr.lock(&a, &peer).await,
+                cookie: a.cookie,
+            }
+            .encode(&mut w),
+            (NM_LOCK, NlmCall::Lock(a)) => Res {
+                stat: self.mgr.nm_lock(&a, &peer).await,
                 cookie: a.cookie,
             }
             .encode(&mut w),

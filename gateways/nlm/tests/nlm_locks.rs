@@ -273,6 +273,42 @@ async fn restart_grace_notify_and_client_reboot() {
     }
     let sm = std::fs::read_dir(state.path().join("sm")).unwrap().count();
     assert_eq!(sm, 1, "the client host is recorded");
+    {
+        // NM_LOCK (a client without statd): granted, not recorded.
+        let server = nlm(
+            &env,
+            client.pm.addr().port(),
+            Some(&state.path().join("nm")),
+            Duration::from_secs(3),
+        )
+        .await;
+        let mut c = Nlm::connect(server.local_addr()).await;
+        let mut w = XdrWriter::new();
+        LockArgs {
+            cookie: vec![2],
+            block: true,
+            exclusive: false,
+            lock: lk(&fh, "no-statd", 9, 0, 1),
+            reclaim: false,
+            state: 0,
+        }
+        .encode(&mut w);
+        let r = c.raw(proc4::NM_LOCK, w.as_bytes()).await.unwrap();
+        assert_eq!(
+            Res::decode(&mut XdrReader::new(&r)).unwrap().stat,
+            Nlm4Stat::Granted
+        );
+        assert_eq!(
+            std::fs::read_dir(state.path().join("nm/sm"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert_eq!(
+            c.unlock(lk(&fh, "no-statd", 9, 0, 1)).await,
+            Nlm4Stat::Granted
+        );
+    }
     // Restart: SM_NOTIFY reaches the client's statd; only reclaims during grace.
     let mut server = nlm(
         &env,
