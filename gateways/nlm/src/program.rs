@@ -25,10 +25,27 @@ impl NlmProgram {
 }
 
 fn peer_of(ctx: &CallContext) -> Peer {
-    Peer {
-        client: ctx.peer.ip(),
-        local: ctx.local.ip(),
+    let client = ctx.peer.ip();
+    let mut local = ctx.local.ip();
+    if local.is_unspecified() {
+        // A call on a wildcard UDP socket: the address the client called is
+        // the one routing picks towards it (what callbacks must come from).
+        local = route_source(client).unwrap_or(local);
     }
+    Peer { client, local }
+}
+
+/// The source address the kernel picks for packets to `dest` (a connected
+/// UDP socket sends nothing).
+fn route_source(dest: std::net::IpAddr) -> Option<std::net::IpAddr> {
+    let any: std::net::SocketAddr = if dest.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let s = std::net::UdpSocket::bind(any).ok()?;
+    s.connect((dest, 111)).ok()?;
+    Some(s.local_addr().ok()?.ip())
 }
 
 /// Sends a `_MSG` call's result back as `_RES`, in the background.
@@ -216,5 +233,14 @@ impl RpcProgram for NsmProgram {
             }
         }
         Ok(w.into_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn route_source_of_loopback() {
+        let ip = super::route_source("127.0.0.1".parse().unwrap()).unwrap();
+        assert!(ip.is_loopback());
     }
 }
