@@ -1,5 +1,5 @@
 //! The self-heal daemon and `kiln volume heal`, on real servers:
-//! - a replica 2 volume loses a server (kill -9) while files are written,
+//! - a 2 x 2 volume loses a server (kill -9) while files are written,
 //!   created, removed and renamed through FUSE; `heal info` lists what is
 //!   pending; the server returns and the heal daemon heals it with no
 //!   client access; the bricks, read directly, agree (gfid, sha256, clean
@@ -144,7 +144,8 @@ fn the_heal_daemon_heals_a_returning_server_without_clients() {
     check_prerequisites().unwrap();
     const VOL: &str = "hv";
     let c = Cluster::pool(2).unwrap();
-    let bricks = create_replicated(&c, VOL, 2, &[1, 2]);
+    // Two replica sets, each with a copy on node01 and one on node02.
+    let bricks = create_replicated(&c, VOL, 2, &[1, 2, 1, 2]);
     let m = c.client().mount(&format!("node01:/{VOL}")).unwrap();
     for i in 0..20 {
         std::fs::write(m.join(format!("f{i}")), format!("before {i}\n").repeat(100)).unwrap();
@@ -153,13 +154,13 @@ fn the_heal_daemon_heals_a_returning_server_without_clients() {
     std::fs::write(m.join("dir/inner"), b"inner\n").unwrap();
     // Both heal daemons answer, nothing pending.
     wait_until(
-        "heal info to show two clean bricks",
+        "heal info to show four clean bricks",
         Duration::from_secs(60),
         || {
             let info = c.node(1).kiln_json(&["volume", "heal", VOL, "info"]);
             info.is_ok_and(|v| {
                 v["bricks"].as_array().is_some_and(|b| {
-                    b.len() == 2
+                    b.len() == 4
                         && b.iter().all(|x| {
                             x["connected"].as_bool() == Some(true)
                                 && x["number_of_entries"].as_u64() == Some(0)
@@ -187,21 +188,30 @@ fn the_heal_daemon_heals_a_returning_server_without_clients() {
     std::fs::write(m.join("dir2/inner"), b"changed inner\n").unwrap();
 
     let info = heal_info(&c, 1, VOL, false);
-    assert_eq!(info.len(), 2, "{info:?}");
-    let (b0, up0, pending) = &info[0];
-    assert!(b0.ends_with(&format!("{VOL}.b0")) && *up0, "{info:?}");
-    assert!(pending.len() >= 5, "node01's brick lists {pending:?}");
+    assert_eq!(info.len(), 4, "{info:?}");
+    let (b0, up0, _) = &info[0];
     assert!(
-        pending.iter().any(|p| p == "/") && pending.iter().any(|p| p == "/new"),
+        b0.ends_with(&format!("{VOL}.b0")) && *up0 && info[2].1,
+        "{info:?}"
+    );
+    let pending: Vec<&String> = info[0].2.iter().chain(&info[2].2).collect();
+    assert!(pending.len() >= 5, "node01's bricks list {pending:?}");
+    assert!(
+        info[0].2.iter().any(|p| p == "/")
+            && info[2].2.iter().any(|p| p == "/")
+            && pending.iter().any(|p| *p == "/new"),
         "pending entries are named by path: {pending:?}"
     );
-    assert!(!info[1].1, "node02's brick shows connected: {info:?}");
+    assert!(
+        !info[1].1 && !info[3].1,
+        "node02's bricks show connected: {info:?}"
+    );
     let text = c.node(1).kiln_ok(&["volume", "heal", VOL, "info"]).unwrap();
     assert!(
         text.contains(&format!(
             "Brick {}\nNumber of entries: {}\n",
             c.node(1).brick_spec(&format!("{VOL}.b0")),
-            pending.len()
+            info[0].2.len()
         )) && text.contains("Status: Brick is Not connected"),
         "{text}"
     );
@@ -210,13 +220,14 @@ fn the_heal_daemon_heals_a_returning_server_without_clients() {
     let started = std::time::Instant::now();
     c.node(2).start().unwrap();
     wait_brick(&c, 2, &bricks[1]);
+    wait_brick(&c, 2, &bricks[3]);
     let healed = wait_for(
         "heal info to show no entries",
         Duration::from_secs(120),
         || {
             let info = heal_info(&c, 1, VOL, false);
             Ok(
-                (info.len() == 2 && info.iter().all(|(_, up, e)| *up && e.is_empty()))
+                (info.len() == 4 && info.iter().all(|(_, up, e)| *up && e.is_empty()))
                     .then_some(()),
             )
         },
@@ -226,12 +237,30 @@ fn the_heal_daemon_heals_a_returning_server_without_clients() {
     }
     healed.unwrap();
     eprintln!("healed {:?} after node02 started", started.elapsed());
-    let diff = differences(VOL, 2, &bricks[0], &bricks[1]);
-    assert!(diff.is_empty(), "bricks differ after heal: {diff:?}");
-    assert!(bricks[1].join("renamed8").exists() && !bricks[1].join("f8").exists());
-    assert!(!bricks[1].join("f6").exists() && bricks[1].join("dir2/inner").exists());
+    for set in [0, 2] {
+        let diff = differences(VOL, 4, &bricks[set], &bricks[set + 1]);
+        assert!(
+            diff.is_empty(),
+            "set {set}: bricks differ after heal: {diff:?}"
+        );
+    }
+    // node02's copy of each file, in the set that holds it.
+    let twin = |rel: &str| -> PathBuf {
+        let set = [0, 2]
+            .into_iter()
+            .find(|i| {
+                brick::entry(&bricks[*i], Path::new(rel))
+                    .is_some_and(|e| e.kind != brick::Kind::LinkFile)
+            })
+            .unwrap_or_else(|| panic!("{rel} on no brick of node01"));
+        bricks[set + 1].join(rel)
+    };
+    assert!(twin("renamed8").exists() && twin("dir2/inner").exists());
+    for gone in ["f8", "f6"] {
+        assert!(bricks.iter().all(|b| !b.join(gone).exists()), "{gone}");
+    }
     assert_eq!(
-        std::fs::read(bricks[1].join("f3")).unwrap(),
+        std::fs::read(twin("f3")).unwrap(),
         "after 3\n".repeat(300).into_bytes()
     );
 
@@ -240,10 +269,9 @@ fn the_heal_daemon_heals_a_returning_server_without_clients() {
         .node(1)
         .kiln_json(&["volume", "heal", VOL, "statistics"])
         .unwrap();
-    let healed_by_crawls: u64 = stats["bricks"][0]["crawls"]
-        .as_array()
-        .unwrap()
+    let healed_by_crawls: u64 = [0, 2]
         .iter()
+        .flat_map(|i| stats["bricks"][i]["crawls"].as_array().unwrap())
         .map(|r| r["healed"].as_u64().unwrap_or(0))
         .sum();
     assert!(healed_by_crawls >= 3, "{stats}");
@@ -265,8 +293,11 @@ fn the_heal_daemon_heals_a_returning_server_without_clients() {
         .node(2)
         .kiln_json(&["volume", "heal", VOL, "info", "healed"])
         .unwrap();
-    let on0 = healed["bricks"][0]["entries"].as_array().unwrap();
-    assert!(on0.iter().any(|e| e == "/f3"), "{healed}");
+    let on1: Vec<&Value> = [0, 2]
+        .iter()
+        .flat_map(|i| healed["bricks"][i]["entries"].as_array().unwrap())
+        .collect();
+    assert!(on1.iter().any(|e| *e == "/f3"), "{healed}");
     let text = c
         .node(1)
         .kiln_ok(&["volume", "heal", VOL, "info", "healed"])
