@@ -278,6 +278,9 @@ fn kernel_client_locks_over_nlm() {
     for f in ["a", "b", "c", "e", "f", "ctl-guest", "ctl-host"] {
         std::fs::write(dir.join(f), b"").unwrap();
     }
+    // Pool, volume, gateways and FUSE mount (includes waiting for the
+    // harness's cluster slot when other tests hold it).
+    let setup = t0.elapsed();
     let tool = PathBuf::from(env!("CARGO_BIN_EXE_knfs-lock"));
     let (ctl_guest, ctl_host) = (dir.join("ctl-guest"), dir.join("ctl-host"));
     // The host appends its lines to ctl-host (the guest greps for them).
@@ -468,9 +471,10 @@ fn kernel_client_locks_over_nlm() {
         run.tagged("E")
     );
     eprintln!(
-        "nfs_lock figures: guest boot {:.1}s; blocked {:.1}s in all; woken {:.2}s after the FUSE release (host saw it {:.2}s after); \
+        "nfs_lock figures: setup {:.1}s; guest boot {:.1}s; blocked {:.1}s in all; woken {:.2}s after the FUSE release (host saw it {:.2}s after); \
          gateway kill -9 to running again {:.1}s, to the guest's lock reclaimed {:.1}s; FUSE got the rebooted guest's file {:.1}s after its SM_NOTIFY; \
          qemu total {:.1}s; test total {:.1}s",
+        setup.as_secs_f64(),
         run.boot.map(|t| t.as_secs_f64()).unwrap_or(f64::NAN),
         got_at.saturating_sub(start_at).as_secs_f64(),
         wake.as_secs_f64(),
