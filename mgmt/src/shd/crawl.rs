@@ -26,6 +26,8 @@ const PASSES: usize = 4;
 /// Healed and failed gfids remembered per brick (`info healed`,
 /// `info heal-failed`).
 const KEEP_EVENTS: usize = 1024;
+/// How long a full crawl waits for every brick of the set to be reachable.
+const FULL_WAIT: Duration = Duration::from_secs(10);
 /// How often children are checked for coming back.
 const WATCH_EVERY: Duration = Duration::from_millis(500);
 
@@ -157,6 +159,13 @@ impl BrickCrawler {
                 continue;
             }
             if self.full_wanted.swap(false, Ordering::SeqCst) {
+                // A daemon just restarted (e.g. after add-brick) may not have
+                // reached every brick yet: give them a moment, so the walk
+                // covers them all and one brick's daemon does it.
+                let deadline = tokio::time::Instant::now() + FULL_WAIT;
+                while !self.all_up() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 if self.first_up() {
                     self.full_crawl().await;
                 } else {
@@ -165,6 +174,11 @@ impl BrickCrawler {
             }
             self.index_crawl().await;
         }
+    }
+
+    /// True if every child of the set is reachable.
+    fn all_up(&self) -> bool {
+        (0..self.set.child_count()).all(|c| self.set.child(c).is_some_and(|x| x.is_up()))
     }
 
     /// True if this brick is the first reachable child of its set.
