@@ -318,6 +318,12 @@ fn the_heal_daemon_heals_a_returning_server_without_clients() {
     // The daemon logs under the log directory.
     let log = std::fs::read_to_string(c.node(1).log_dir().join("shd.log")).unwrap();
     assert!(log.contains("index crawl done"), "{log}");
+    // node02's brick processes die, its server lives: its bricks show not
+    // connected, node01's answer.
+    c.node(2).kill_bricks().unwrap();
+    let info = heal_info(&c, 2, VOL, false);
+    let up: Vec<bool> = info.iter().map(|(_, up, _)| *up).collect();
+    assert_eq!(up, [true, false, true, false], "{info:?}");
 }
 
 /// Reads `rel` through a fresh mount (no cached pages or attributes).

@@ -91,7 +91,16 @@ async fn handle(req: ShdRequest, vols: &[Arc<HealedVolume>]) -> Result<Vec<Brick
                         .map_err(|e| e.to_string())?;
             }
             HealOp::Info { split_brain } => {
-                let gfids = c.pending().await.map_err(|e| format!("{}: {e}", c.label))?;
+                let gfids = match c.pending().await {
+                    Ok(g) => g,
+                    Err(e) => {
+                        // The brick process is down: shown as not connected.
+                        tracing::debug!(brick = %c.label, "heal info: {e}");
+                        b.connected = false;
+                        out.push(b);
+                        continue;
+                    }
+                };
                 let mut keep = Vec::new();
                 for g in gfids {
                     if !*split_brain || c.set.examine(g).await.is_ok_and(|x| x.split_brain) {
