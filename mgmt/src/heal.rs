@@ -37,6 +37,7 @@ pub(crate) async fn heal(d: &Arc<Daemon>, name: &str, op: HealOp) -> CliReply {
         | HealOp::Info { .. }
         | HealOp::InfoHealed
         | HealOp::InfoHealFailed
+        | HealOp::HealCount
         | HealOp::Statistics => ask_servers(d, &vol, op).await,
         _ => resolve(&vol, op).await,
     }
@@ -70,6 +71,7 @@ async fn ask_servers(d: &Arc<Daemon>, vol: &VolumeConfig, op: HealOp) -> CliRepl
             entries: Vec::new(),
             crawls: Vec::new(),
             times: Vec::new(),
+            count: 0,
         })
         .collect();
     let mut errors = Vec::new();
@@ -94,6 +96,9 @@ async fn ask_servers(d: &Arc<Daemon>, vol: &VolumeConfig, op: HealOp) -> CliRepl
     let name = &vol.name;
     let message = match op {
         HealOp::Statistics => format!("Gathering crawl statistics on volume {name} has been successful"),
+        HealOp::HealCount => format!(
+            "Gathering count of entries to be healed on volume {name} has been successful"
+        ),
         HealOp::Index | HealOp::Full if !errors.is_empty() && !bricks.iter().any(|b| b.connected) => {
             return CliReply::Failed(format!(
                 "Commit failed on the servers of volume {name}: {}",

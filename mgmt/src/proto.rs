@@ -264,6 +264,9 @@ pub enum HealOp {
     },
     /// `heal VOL statistics`.
     Statistics,
+    /// `heal VOL statistics heal-count`: how many entries each brick's
+    /// index holds.
+    HealCount,
     /// `heal VOL info healed` (GlusterFS 3.3): what the heal daemon healed
     /// lately, with times.
     InfoHealed,
@@ -311,6 +314,9 @@ pub struct BrickHeal {
     /// (seconds since the epoch), parallel to `entries`.
     #[serde(default)]
     pub times: Vec<u64>,
+    /// `statistics heal-count`: entries in the brick's index.
+    #[serde(default)]
+    pub count: u64,
 }
 
 /// One crawl of one brick by the heal daemon.

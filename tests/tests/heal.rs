@@ -206,6 +206,15 @@ fn the_heal_daemon_heals_a_returning_server_without_clients() {
         !info[1].1 && !info[3].1,
         "node02's bricks show connected: {info:?}"
     );
+    let count = c
+        .node(1)
+        .kiln_json(&["volume", "heal", VOL, "statistics", "heal-count"])
+        .unwrap();
+    assert_eq!(
+        count["bricks"][0]["count"].as_u64(),
+        Some(info[0].2.len() as u64),
+        "{count}"
+    );
     let text = c.node(1).kiln_ok(&["volume", "heal", VOL, "info"]).unwrap();
     assert!(
         text.contains(&format!(

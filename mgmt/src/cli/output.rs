@@ -73,6 +73,16 @@ fn heal_text(h: &HealView) -> String {
                 }
             }
         }
+        HealOp::HealCount => {
+            for b in &h.bricks {
+                let _ = write!(s, "\nBrick {}\n", b.brick);
+                if b.connected {
+                    let _ = writeln!(s, "Number of entries: {}", b.count);
+                } else {
+                    s.push_str("Status: Brick is Not connected\nNumber of entries: -\n");
+                }
+            }
+        }
         HealOp::InfoHealed | HealOp::InfoHealFailed => {
             for b in &h.bricks {
                 let _ = write!(s, "\nBrick {}\n", b.brick);
@@ -182,6 +192,7 @@ fn heal_brick_json(b: &BrickHeal) -> Value {
         "number_of_entries": if b.connected { Some(b.entries.len()) } else { None },
         "entries": b.entries,
         "times": b.times,
+        "count": b.count,
         "crawls": b.crawls.iter().map(crawl_json).collect::<Vec<_>>(),
     })
 }
@@ -668,6 +679,7 @@ mod tests {
                 split_brain: 0,
             }],
             times: vec![1_795_612_050, 1_795_612_051],
+            count: 7,
         };
         let view = |op: HealOp| {
             CliReply::Heal(HealView {
@@ -685,6 +697,11 @@ mod tests {
         let out = text(&view(HealOp::InfoHealed)).stdout;
         assert!(
             out.contains("Brick node01:/export/b\nNumber of entries: 2\nat                    path on brick\n-----------------------------------\n2026-11-25 13:07:30 /\n2026-11-25 13:07:31 <gfid:x>\n"),
+            "{out}"
+        );
+        let out = text(&view(HealOp::HealCount)).stdout;
+        assert!(
+            out.ends_with("\nBrick node01:/export/b\nNumber of entries: 7\n\nBrick node02:/export/b\nStatus: Brick is Not connected\nNumber of entries: -\n"),
             "{out}"
         );
         let out = text(&view(HealOp::Statistics)).stdout;

@@ -40,7 +40,7 @@ pub(crate) const USAGE: &[&str] = &[
     "volume status [all|<VOLNAME>] [detail]",
     "volume set <VOLNAME> <KEY> <VALUE>",
     "volume reset <VOLNAME> [option] [force]",
-    "volume heal <VOLNAME> [full | statistics | info [split-brain | healed | heal-failed] | split-brain {bigger-file <FILE> | latest-mtime <FILE> | source-brick <HOSTNAME:BRICKNAME> [<FILE>]}]",
+    "volume heal <VOLNAME> [full | statistics [heal-count] | info [split-brain | healed | heal-failed] | split-brain {bigger-file <FILE> | latest-mtime <FILE> | source-brick <HOSTNAME:BRICKNAME> [<FILE>]}]",
     "volume add-brick <VOLNAME> [replica <COUNT>] <NEW-BRICK> ... [force]",
 ];
 
@@ -225,6 +225,7 @@ fn heal_op(w: &[&str]) -> Result<HealOp, String> {
         ["info", "healed"] => HealOp::InfoHealed,
         ["info", "heal-failed"] => HealOp::InfoHealFailed,
         ["statistics"] => HealOp::Statistics,
+        ["statistics", "heal-count"] => HealOp::HealCount,
         ["split-brain", "bigger-file", f] => HealOp::BiggerFile(s(f)),
         ["split-brain", "latest-mtime", f] => HealOp::LatestMtime(s(f)),
         ["split-brain", "source-brick", b] if b.contains(':') => HealOp::SourceBrick {
@@ -522,6 +523,10 @@ mod tests {
         );
         assert_eq!(heal("volume heal vol2 statistics"), HealOp::Statistics);
         assert_eq!(heal("volume heal vol2 info healed"), HealOp::InfoHealed);
+        assert_eq!(
+            heal("volume heal vol2 statistics heal-count"),
+            HealOp::HealCount
+        );
         assert_eq!(
             heal("volume heal vol2 info heal-failed"),
             HealOp::InfoHealFailed

@@ -75,11 +75,16 @@ async fn handle(req: ShdRequest, vols: &[Arc<HealedVolume>]) -> Result<Vec<Brick
             entries: Vec::new(),
             crawls: Vec::new(),
             times: Vec::new(),
+            count: 0,
         };
         match &req.op {
             HealOp::Index => c.kick(),
             HealOp::Full => c.kick_full(),
             HealOp::Statistics => b.crawls = c.records(),
+            HealOp::HealCount => match c.pending().await {
+                Ok(g) => b.count = g.len() as u64,
+                Err(_) => b.connected = false,
+            },
             HealOp::InfoHealed | HealOp::InfoHealFailed => {
                 let events = c.events(req.op == HealOp::InfoHealFailed);
                 let gfids: Vec<_> = events.iter().map(|(_, g)| *g).collect();
