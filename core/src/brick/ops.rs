@@ -208,6 +208,8 @@ pub(crate) fn route(req: &Request, data_len: usize) -> Route {
     match req {
         Request::Lk { .. } | Request::Inodelk { .. } | Request::Entrylk { .. } => Route::Wait,
         Request::IndexList { .. } | Request::Checksum { .. } => Route::Pool,
+        // Xattrop stays `Here` (done before the next request is read):
+        // replicate sends its unlock right behind a post-op.
         Request::Read { size, .. } if *size as usize >= BULK => Route::Pool,
         Request::Write { .. } if data_len >= BULK => Route::Pool,
         Request::Fsync { .. }

@@ -169,22 +169,6 @@ impl EagerTable {
             .iter()
             .map(|j| (self.keys[*j].clone(), v.clone()))
             .collect();
-        if !delta.is_empty() {
-            futures::future::join_all(h.ready.iter().map(|c| {
-                let delta = &delta;
-                async move {
-                    if let Err(e) = self.children[*c]
-                        .xattrop(gfid, XattropOp::AddArray64, delta)
-                        .await
-                    {
-                        if !e.is_disconnect() {
-                            tracing::warn!(child = self.children[*c].name(), %gfid, "post-op failed: {e}");
-                        }
-                    }
-                }
-            }))
-            .await;
-        }
         let unlock = InodeLk {
             domain: self.domain.clone(),
             cmd: LockCmd::Set,
@@ -193,15 +177,32 @@ impl EagerTable {
             len: 0,
             owner: h.owner,
         };
+        // Post-op, then the unlock right behind it on each connection (a
+        // brick answers an xattrop before reading the next request).
         futures::future::join_all(h.locked.iter().map(|c| {
-            let unlock = &unlock;
-            async move {
+            let (delta, unlock) = (&delta, &unlock);
+            let ready = h.ready.contains(c) && !delta.is_empty();
+            let post = async move {
+                if !ready {
+                    return;
+                }
+                if let Err(e) = self.children[*c]
+                    .xattrop(gfid, XattropOp::AddArray64, delta)
+                    .await
+                {
+                    if !e.is_disconnect() {
+                        tracing::warn!(child = self.children[*c].name(), %gfid, "post-op failed: {e}");
+                    }
+                }
+            };
+            let unlock = async move {
                 if let Err(e) = self.children[*c].inodelk(gfid, unlock).await {
                     if !e.is_disconnect() {
                         tracing::warn!(child = self.children[*c].name(), %gfid, "unlock failed: {e}");
                     }
                 }
-            }
+            };
+            futures::future::join(post, unlock)
         }))
         .await;
         tracing::trace!(%gfid, n, held_ms = h.since.elapsed().as_millis() as u64, "eager lock released");

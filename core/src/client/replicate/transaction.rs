@@ -327,9 +327,14 @@ impl Replicate {
         } else {
             succeeded.clone()
         };
+        // With one inode to clear, the unlock follows the post-op on each
+        // connection without waiting for its answer: a brick answers an
+        // xattrop before it reads the next request, so the lock still goes
+        // after the counters (one round trip less).
+        let pipelined = spec.changelog.len() == 1;
         join_all(locked.iter().zip(&pre).map(|(c, pre_ok)| {
             let clear = &clear;
-            async move {
+            let post = async move {
                 for ((gfid, slots), ok) in spec.changelog.iter().zip(pre_ok) {
                     if !ok {
                         continue;
@@ -339,10 +344,17 @@ impl Replicate {
                         tracing::warn!(child = self.children[*c].name(), %gfid, "post-op failed: {e}");
                     }
                 }
+            };
+            async move {
+                if pipelined {
+                    futures::future::join(post, self.unlock_child(*c, &spec.locks, owner)).await;
+                } else {
+                    post.await;
+                    self.unlock_child(*c, &spec.locks, owner).await;
+                }
             }
         }))
         .await;
-        self.unlock_all(&spec.locks, &locked, owner).await;
 
         if succeeded.is_empty() {
             // The same failure everywhere is the operation's answer.
