@@ -25,6 +25,9 @@ const CRAWL_BATCH: u32 = 512;
 /// How often a split-brain resolution tries the locks before giving up.
 const LOCK_TRIES: usize = 50;
 
+/// A directory copy's entries as sorted (name, gfid) pairs.
+type Names = Vec<(Vec<u8>, Gfid)>;
+
 /// What healing one inode came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealOutcome {
@@ -200,12 +203,11 @@ impl Replicate {
     }
 
     /// `heal full` of this set: walks the tree from the root on every
-    /// reachable child; a directory whose copies list different names
-    /// while the changelog is clean (a brick that never saw them, such as
-    /// one added by `add-brick`) is marked as an interrupted entry
-    /// operation on every copy, so the entry heal merges the copies
-    /// (creates what is missing everywhere, removes nothing); every inode
-    /// met is healed.
+    /// reachable child; where the copies of a directory list different
+    /// names while the changelog is clean (a brick that never saw them,
+    /// such as one added by `add-brick`), the copies holding names others
+    /// lack accuse those (`mark_missing`), so the entry heal fills them;
+    /// every inode met is healed.
     pub async fn full_heal(&self) -> CrawlCounts {
         let mut counts = CrawlCounts::default();
         let mut dirs: Vec<(Gfid, String)> = vec![(Gfid::ROOT, "/".to_string())];
@@ -230,10 +232,10 @@ impl Replicate {
                 v.sort();
                 v
             };
-            let differ = lists.windows(2).any(|w| names(&w[0].1) != names(&w[1].1));
+            let sorted: Vec<(usize, Names)> = lists.iter().map(|(c, l)| (*c, names(l))).collect();
+            let differ = sorted.windows(2).any(|w| w[0].1 != w[1].1);
             if differ {
-                self.mark_merge(dir, &lists.iter().map(|(c, _)| *c).collect::<Vec<_>>())
-                    .await;
+                self.mark_missing(dir, &sorted).await;
                 self.heal_one(dir, &path, &mut counts).await;
                 lists.clear();
                 for c in &up {
@@ -284,24 +286,31 @@ impl Replicate {
         }
     }
 
-    /// Raises every listed child's entry counter against itself on `dir`
-    /// (an entry operation cut short everywhere), so the next entry heal
-    /// merges the copies.
-    async fn mark_merge(&self, dir: Gfid, children: &[usize]) {
-        let jobs = children.iter().map(|c| {
+    /// Where copies of `dir` list different names under a clean changelog,
+    /// makes each copy accuse the copies lacking names it holds (entry
+    /// slot), so the entry heal that follows fills them: one-sided gaps
+    /// (a new, empty brick) heal from the fuller copies; copies each
+    /// missing the other's names accuse each other and are merged
+    /// (nothing removed).
+    async fn mark_missing(&self, dir: Gfid, lists: &[(usize, Names)]) {
+        let jobs = lists.iter().filter_map(|(o, theirs)| {
             let mut delta = XattrMap::new();
-            delta.insert(
-                self.keys[*c].clone(),
-                changelog::encode(changelog::counters(&[Slot::Entry], 1)),
-            );
-            async move {
-                if let Err(e) = self.children[*c]
+            for (c, mine) in lists.iter().filter(|(c, _)| c != o) {
+                if theirs.iter().any(|e| mine.binary_search(e).is_err()) {
+                    delta.insert(
+                        self.keys[*c].clone(),
+                        changelog::encode(changelog::counters(&[Slot::Entry], 1)),
+                    );
+                }
+            }
+            (!delta.is_empty()).then_some(async move {
+                if let Err(e) = self.children[*o]
                     .xattrop(dir, XattropOp::AddArray64, &delta)
                     .await
                 {
-                    tracing::warn!(replicate = %self.name, %dir, "full heal: cannot mark for merge: {e}");
+                    tracing::warn!(replicate = %self.name, %dir, "full heal: cannot mark missing entries: {e}");
                 }
-            }
+            })
         });
         join_all(jobs).await;
     }
