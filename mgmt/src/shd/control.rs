@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::HealedVolume;
@@ -58,8 +58,6 @@ async fn answer(stream: UnixStream, vols: &[Arc<HealedVolume>]) -> std::io::Resu
     out.push(b'\n');
     w.write_all(&out).await
 }
-
-use tokio::io::AsyncReadExt;
 
 async fn handle(req: ShdRequest, vols: &[Arc<HealedVolume>]) -> Result<Vec<BrickHeal>, String> {
     let Some(v) = vols.iter().find(|v| v.spec.name == req.volume) else {
