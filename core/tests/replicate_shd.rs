@@ -342,3 +342,45 @@ async fn full_heal_fills_a_brick_added_to_the_set() {
     let again = sets[0].full_heal().await;
     assert_eq!(again.healed, 0, "{again:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_merge_from_two_copies_settles_the_third() {
+    use kiln_core::proto::{XattrMap, XattropOp};
+    let tv = start_volume(3, 3, &[]).await;
+    let mut two = tv.spec.clone();
+    two.kind = VolumeKind::Replicate { replica: 2 };
+    two.bricks.truncate(2);
+    let vol = Volume::new(two);
+    vol.wait_ready(Duration::from_secs(10)).await.unwrap();
+    write_file(&vol, Gfid::ROOT, "m1", b"one").await;
+    write_file(&vol, Gfid::ROOT, "m2", b"two").await;
+    drop(vol);
+    // Every copy of the root accuses itself (an entry operation cut short
+    // everywhere): the heal merges the copies' entries.
+    let sets = sets(&tv.spec).await;
+    let set = &sets[0];
+    for c in 0..3 {
+        let mut delta = XattrMap::new();
+        let mut v = vec![0u8; 16];
+        v.extend_from_slice(&1i64.to_be_bytes());
+        delta.insert(format!("trusted.kiln.afr.{VOL}-client-{c}"), v);
+        set.child(c)
+            .unwrap()
+            .xattrop(Gfid::ROOT, XattropOp::AddArray64, &delta)
+            .await
+            .unwrap();
+    }
+    assert_eq!(pending(&tv.at(2, ""), 2), [0, 0, 1]);
+    assert_eq!(
+        set.heal_gfid(Gfid::ROOT, "/").await.unwrap(),
+        HealOutcome::Healed
+    );
+    for rel in ["m1", "m2"] {
+        assert_eq!(gfid_of(&tv.at(2, rel)), gfid_of(&tv.at(0, rel)), "{rel}");
+        assert_eq!(
+            std::fs::read(tv.at(2, rel)).unwrap(),
+            std::fs::read(tv.at(0, rel)).unwrap()
+        );
+    }
+    assert!(all_zero(&tv, "", &[0, 1, 2]));
+}

@@ -220,6 +220,9 @@ impl Replicate {
             match self.copy_entry(dir, n, source, sink).await {
                 Ok(Some(made)) => created.push(made),
                 Ok(None) => {}
+                // Made meanwhile (a merge from another copy, with a listing
+                // taken before): fine if it is the same inode.
+                Err(FsError::Exists) if self.holds(sink, dir, n, t.gfid).await => {}
                 Err(e) => ok &= self.log_step(Err(e), sink, label, n, "re-create entry"),
             }
         }
@@ -237,6 +240,15 @@ impl Replicate {
             }
         }
         ok
+    }
+
+    /// True if child `c` has `name` in `dir` pointing at `gfid`.
+    async fn holds(&self, c: usize, dir: Gfid, name: &Name, gfid: Gfid) -> bool {
+        let loc = Loc {
+            parent: dir,
+            name: name.clone(),
+        };
+        matches!(self.children[c].lookup(&loc, &[]).await, Ok(l) if l.iatt.gfid == gfid)
     }
 
     fn log_step(&self, r: FsResult<()>, sink: usize, label: &str, n: &Name, what: &str) -> bool {
