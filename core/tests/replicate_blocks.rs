@@ -441,3 +441,59 @@ async fn eager_lock_off_clears_counters_after_each_write() {
     }
     s.vol.release(&fd).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_dying_under_the_eager_lock_leaves_fools_that_heal() {
+    let s = setup().await;
+    let spec = s.vol.spec().clone();
+    // Another client writes under its eager lock and dies (its runtime and
+    // connections dropped) before any post-op.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let v = Volume::new(spec);
+            v.wait_ready(Duration::from_secs(10)).await.unwrap();
+            let name = Name::new("crash").unwrap();
+            let (_, fd) = v
+                .create(Gfid::ROOT, &name, &Caller::ROOT, 0o644, libc::O_RDWR, false)
+                .await
+                .unwrap();
+            for k in 0..8u64 {
+                v.write(&fd, k * 65536, Bytes::from(vec![k as u8 + 1; 65536]))
+                    .await
+                    .unwrap();
+            }
+            // No flush, no release: the process just goes away.
+            drop(fd);
+            drop(v);
+        });
+        rt.shutdown_background();
+    })
+    .join()
+    .unwrap();
+    // Every copy accuses everyone (fools): nothing acknowledged is missing
+    // anywhere, so any copy may serve and the heal makes them clean.
+    for b in 0..2 {
+        for n in 0..2 {
+            assert_eq!(data_pending(&s, b, "crash", n), 1, "brick {b} vs {n}");
+        }
+    }
+    let want: Vec<u8> = (0..8u8).flat_map(|k| vec![k + 1; 65536]).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let _ = s.vol.resolve_path("/crash").await;
+        let clean = (0..2).all(|b| (0..2).all(|n| data_pending(&s, b, "crash", n) == 0));
+        if clean {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not healed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for b in 0..2 {
+        assert_eq!(std::fs::read(s.at(b, "crash")).unwrap(), want, "brick {b}");
+    }
+}
