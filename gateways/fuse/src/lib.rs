@@ -210,8 +210,8 @@ fn serve(job: &Job, notifier: Option<&mut daemon::Notifier>) -> anyhow::Result<(
         let _ = std::fs::remove_file(p);
     }
     drop(vol);
-    // Every file was released before the session ended: nothing is left
-    // to finish (reconnect loops and idle timers are simply dropped).
+    // `wait` let the last requests and background writes finish: nothing
+    // is left to do (reconnect loops and idle timers are simply dropped).
     rt.shutdown_background();
     r.context("serving the mount")
 }

@@ -112,6 +112,11 @@ impl Default for MountConfig {
     }
 }
 
+/// How long an ended session waits for its last requests and background
+/// writes (longer than the default ping-timeout, so a brick that went
+/// silent fails them rather than the exit dropping them).
+const FINISH_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A live FUSE mount served by background threads.
 pub struct FuseMount {
     mountpoint: PathBuf,
@@ -208,12 +213,19 @@ impl FuseMount {
     }
 
     fn join(&mut self) -> io::Result<()> {
-        match self.thread.take() {
-            Some(t) => t
-                .join()
-                .map_err(|_| io::Error::other("FUSE session thread panicked"))?,
-            None => Ok(()),
+        let Some(t) = self.thread.take() else {
+            return Ok(());
+        };
+        let r = t
+            .join()
+            .map_err(|_| io::Error::other("FUSE session thread panicked"))?;
+        if !self.stats.finish(FINISH_LIMIT) {
+            tracing::error!(
+                "requests were still running {} s after the unmount; giving up on them",
+                FINISH_LIMIT.as_secs()
+            );
         }
+        r
     }
 }
 

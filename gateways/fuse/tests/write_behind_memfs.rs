@@ -130,3 +130,23 @@ impl SyncFlag for OpenOptions {
         self.custom_flags(libc::O_SYNC)
     }
 }
+
+#[test]
+fn unmount_waits_for_writes_closed_behind() {
+    let mut m = common::mount_mem();
+    m.mem.delay_writes(Duration::from_millis(400));
+    let p = m.p("last-words");
+    let mut f = File::create(&p).unwrap();
+    f.write_all(&[7u8; 20_000]).unwrap();
+    // flush-behind: close(2) returns while the write is still on its way.
+    drop(f);
+    assert!(m.mem.file_data("last-words").unwrap_or_default().len() < 20_000);
+    // The unmount ends the session at once; the mount must still deliver
+    // what it acknowledged before it is gone.
+    m.mount.take().unwrap().unmount().unwrap();
+    assert_eq!(
+        m.mem.file_data("last-words").unwrap(),
+        vec![7u8; 20_000],
+        "an acknowledged write was dropped at unmount"
+    );
+}

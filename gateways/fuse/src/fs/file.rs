@@ -96,21 +96,25 @@ impl Inner {
         };
         let me = self.clone();
         // Polled here first: the write leaves without waking a worker.
-        crate::spawn::start(&self.rt, async move {
-            let r = match me.vol.write(&fd, offset, data).await {
-                Ok((n, iatt)) => {
-                    me.inodes.merge_write(&iatt);
-                    if (n as usize) < len {
-                        Err(FsError::NoSpace)
-                    } else {
-                        Ok(())
+        let tasks = self.tasks.clone();
+        crate::spawn::start(
+            &self.rt,
+            tasks.track_future(async move {
+                let r = match me.vol.write(&fd, offset, data).await {
+                    Ok((n, iatt)) => {
+                        me.inodes.merge_write(&iatt);
+                        if (n as usize) < len {
+                            Err(FsError::NoSpace)
+                        } else {
+                            Ok(())
+                        }
                     }
-                }
-                Err(e) => Err(e),
-            };
-            me.wb.finish(ticket, r, len);
-            drop(permit);
-        });
+                    Err(e) => Err(e),
+                };
+                me.wb.finish(ticket, r, len);
+                drop(permit);
+            }),
+        );
         Ok(len as u32)
     }
 

@@ -23,6 +23,7 @@ use fuser::{
 };
 use kiln_core::client::{Caller, Volume};
 use kiln_core::{FsResult, Iatt};
+use tokio_util::task::TaskTracker;
 
 use crate::handles::HandleTable;
 use crate::inode::InodeTable;
@@ -98,6 +99,9 @@ pub(crate) struct Inner {
     pub(crate) wb_budget: Arc<tokio::sync::Semaphore>,
     /// The runtime request tasks run on.
     pub(crate) rt: tokio::runtime::Handle,
+    /// Every request task and background write still running, so the
+    /// mount finishes them before the process exits (`FsStats::finish`).
+    pub(crate) tasks: TaskTracker,
 }
 
 /// Background writes the whole mount may have in flight, in 4 KiB units
@@ -139,6 +143,7 @@ impl KilnFs {
                 wb: WriteBehind::new(cfg_window),
                 wb_budget: Arc::new(tokio::sync::Semaphore::new(WRITE_BEHIND_UNITS)),
                 rt: rt.clone(),
+                tasks: TaskTracker::new(),
             }),
             rt,
         }
@@ -171,7 +176,7 @@ impl KilnFs {
     /// at once (and a request that completes at once is answered at once);
     /// handed to the runtime only when it is woken.
     fn start(&self, task: impl Future<Output = ()> + Send + 'static) {
-        crate::spawn::start(&self.rt, task);
+        crate::spawn::start(&self.rt, self.inner.tasks.track_future(task));
     }
 }
 
@@ -190,6 +195,29 @@ impl FsStats {
     /// Open file and directory handles.
     pub fn open_handles(&self) -> usize {
         self.inner.handles.len()
+    }
+
+    /// Once the session has ended: waits (at most `limit`) for the request
+    /// tasks and background writes still running (a close answered by
+    /// flush-behind, a release the kernel sent just before the unmount),
+    /// so no acknowledged write is dropped when the process exits. False
+    /// if some were still running at `limit`.
+    pub fn finish(&self, limit: std::time::Duration) -> bool {
+        let inner = self.inner.clone();
+        inner.tasks.close();
+        // Blocks on the runtime from a thread of its own: the caller may be
+        // inside a runtime context itself.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                inner.rt.block_on(async {
+                    tokio::time::timeout(limit, inner.tasks.wait())
+                        .await
+                        .is_ok()
+                })
+            })
+            .join()
+            .unwrap_or(false)
+        })
     }
 }
 
