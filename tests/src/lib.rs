@@ -27,6 +27,7 @@ mod wait;
 
 pub mod brick;
 pub mod knfs;
+pub mod replica;
 
 pub use cleanup::{acquire_slot, base_dir, cleanup_stale, lazy_umount_under, Slot};
 pub use client::{Client, Mount};

@@ -7,61 +7,10 @@
 //! print the figures (`KILN_BENCH_ARGS` adds `kiln bench` arguments,
 //! `KILN_BENCH_EAGER=off` turns eager locking off for a comparison).
 
-use kiln_tests::brick;
-use kiln_tests::{check_prerequisites, wait_until, Cluster};
+use kiln_tests::replica::{changelog_clean, create_replicated, sha256};
+use kiln_tests::{check_prerequisites, Cluster};
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// A replica 2 volume `name` over node01 and node02, started; returns the
-/// brick directories.
-fn replica2(c: &Cluster, name: &str) -> Vec<PathBuf> {
-    let b0 = format!("{name}.b0");
-    let b1 = format!("{name}.b1");
-    let s0 = c.node(1).brick_spec(&b0);
-    let s1 = c.node(2).brick_spec(&b1);
-    c.node(1)
-        .kiln_ok(&["volume", "create", name, "replica", "2", &s0, &s1, "force"])
-        .unwrap();
-    c.node(1).kiln_ok(&["volume", "start", name]).unwrap();
-    let dirs = vec![c.node(1).brick_dir(&b0), c.node(2).brick_dir(&b1)];
-    for (i, d) in [1, 2].iter().zip(&dirs) {
-        wait_brick(c, *i, d);
-    }
-    dirs
-}
-
-fn wait_brick(c: &Cluster, node: usize, dir: &Path) {
-    let n = c.node(node);
-    wait_until("brick to listen", Duration::from_secs(60), || {
-        n.brick_port(dir).is_some()
-    })
-    .unwrap();
-}
-
-fn sha256(p: &Path) -> Option<String> {
-    let out = std::process::Command::new("sha256sum")
-        .arg(p)
-        .output()
-        .ok()?;
-    out.status.success().then(|| {
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string()
-    })
-}
-
-fn clean(vol: &str, p: &Path) -> bool {
-    (0..2).all(
-        |k| match brick::get_xattr(p, &format!("trusted.kiln.afr.{vol}-client-{k}")) {
-            Ok(Some(v)) => v.iter().all(|b| *b == 0),
-            Ok(None) => true,
-            Err(_) => false,
-        },
-    )
-}
 
 /// Writes `mib` MiB to `rel` through a mount of node02 down, brings node02
 /// back, and times the heal a lookup starts; returns MB/s (10^6 bytes).
@@ -69,7 +18,7 @@ fn heal_throughput(mib: u64) -> f64 {
     check_prerequisites().unwrap();
     const VOL: &str = "hr2";
     let c = Cluster::pool(2).unwrap();
-    let bricks = replica2(&c, VOL);
+    let bricks = create_replicated(&c, VOL, 2, &[1, 2]);
     let m = c.client().mount(&format!("node01:/{VOL}")).unwrap();
     std::fs::write(m.join("marker"), b"both").unwrap();
     c.node(2).kill().unwrap();
@@ -108,7 +57,10 @@ fn heal_throughput(mib: u64) -> f64 {
     let mut poked = Instant::now();
     loop {
         let size = std::fs::metadata(&sink).map(|m| m.len()).ok();
-        if size == Some(mib << 20) && clean(VOL, &bricks[0].join("big")) && clean(VOL, &sink) {
+        if size == Some(mib << 20)
+            && changelog_clean(VOL, 2, &bricks[0].join("big"))
+            && changelog_clean(VOL, 2, &sink)
+        {
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(900), "no heal");
@@ -150,7 +102,7 @@ fn heal_throughput_full_size() {
 fn bench_replica2_full_size() {
     check_prerequisites().unwrap();
     let c = Cluster::pool(2).unwrap();
-    replica2(&c, "br2");
+    create_replicated(&c, "br2", 2, &[1, 2]);
     // KILN_BENCH_EAGER=off: the same without eager locking (for comparison).
     if let Ok(v) = std::env::var("KILN_BENCH_EAGER") {
         c.node(1)

@@ -11,69 +11,12 @@
 //!   the new brick holds every file with the same gfid and bytes.
 
 use kiln_tests::brick;
+use kiln_tests::replica::{changelog_clean, create_replicated, sha256, wait_brick};
 use kiln_tests::{check_prerequisites, wait_for, wait_until, Cluster};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// `volume create NAME replica N` with brick K on node `nodes[K]`, then
-/// `volume start`; waits for every brick. Returns the brick directories.
-fn create_replicated(c: &Cluster, name: &str, replica: usize, nodes: &[usize]) -> Vec<PathBuf> {
-    let mut args: Vec<String> = ["volume", "create", name, "replica"]
-        .map(String::from)
-        .to_vec();
-    args.push(replica.to_string());
-    let mut dirs = Vec::new();
-    for (k, i) in nodes.iter().enumerate() {
-        let brick = format!("{name}.b{k}");
-        args.push(c.node(*i).brick_spec(&brick));
-        dirs.push(c.node(*i).brick_dir(&brick));
-    }
-    args.push("force".into());
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    c.node(1).kiln_ok(&refs).unwrap();
-    c.node(1).kiln_ok(&["volume", "start", name]).unwrap();
-    for (i, dir) in nodes.iter().zip(&dirs) {
-        wait_brick(c, *i, dir);
-    }
-    dirs
-}
-
-fn wait_brick(c: &Cluster, node: usize, dir: &Path) {
-    let n = c.node(node);
-    wait_until(
-        &format!("brick {} to listen", n.brick_spec_of(dir)),
-        Duration::from_secs(60),
-        || n.brick_port(dir).is_some(),
-    )
-    .unwrap();
-}
-
-fn sha256(p: &Path) -> Option<String> {
-    let out = std::process::Command::new("sha256sum")
-        .arg(p)
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .map(str::to_string)
-}
-
-/// True if no changelog counter of `p` against any of `n` bricks is set.
-fn clean(vol: &str, n: usize, p: &Path) -> bool {
-    (0..n).all(
-        |k| match brick::get_xattr(p, &format!("trusted.kiln.afr.{vol}-client-{k}")) {
-            Ok(Some(v)) => v.iter().all(|b| *b == 0),
-            Ok(None) => true,
-            Err(_) => false,
-        },
-    )
-}
 
 /// Every entry of a brick by path.
 fn listing(b: &Path) -> BTreeMap<PathBuf, brick::Entry> {
@@ -99,11 +42,11 @@ fn differences(vol: &str, n: usize, a: &Path, b: &Path) -> Vec<String> {
         if x.kind == brick::Kind::File && sha256(&a.join(rel)) != sha256(&b.join(rel)) {
             out.push(format!("{}: bytes differ", rel.display()));
         }
-        if !clean(vol, n, &a.join(rel)) || !clean(vol, n, &b.join(rel)) {
+        if !changelog_clean(vol, n, &a.join(rel)) || !changelog_clean(vol, n, &b.join(rel)) {
             out.push(format!("{}: changelog still set", rel.display()));
         }
     }
-    if !clean(vol, n, a) || !clean(vol, n, b) {
+    if !changelog_clean(vol, n, a) || !changelog_clean(vol, n, b) {
         out.push("/: changelog still set".into());
     }
     out.sort();
@@ -494,7 +437,11 @@ fn split_brain_is_detected_and_resolved_by_each_policy() {
                 "{f} on {}",
                 b.display()
             );
-            assert!(clean(VOL, 2, &b.join(f)), "{f} on {}", b.display());
+            assert!(
+                changelog_clean(VOL, 2, &b.join(f)),
+                "{f} on {}",
+                b.display()
+            );
         }
     }
     wait_until(

@@ -5,6 +5,7 @@
 //! hold the same gfids and bytes (sha256) with clean changelogs.
 
 use kiln_tests::brick;
+use kiln_tests::replica::{changelog_clean, create_replicated, sha256, wait_brick};
 use kiln_tests::{check_prerequisites, wait_for, wait_until, Cluster};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,65 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const VOL: &str = "vol2";
-
-/// `kiln volume create NAME replica N` with brick K on node `nodes[K]`,
-/// `force`, then `volume start`; waits until every brick listens. Returns
-/// the brick directories in brick order.
-fn create_replicated(c: &Cluster, name: &str, replica: usize, nodes: &[usize]) -> Vec<PathBuf> {
-    let mut args: Vec<String> = ["volume", "create", name, "replica"]
-        .map(String::from)
-        .to_vec();
-    args.push(replica.to_string());
-    let mut dirs = Vec::new();
-    for (k, i) in nodes.iter().enumerate() {
-        let brick = format!("{name}.b{k}");
-        args.push(c.node(*i).brick_spec(&brick));
-        dirs.push(c.node(*i).brick_dir(&brick));
-    }
-    args.push("force".into());
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    c.node(1).kiln_ok(&refs).unwrap();
-    c.node(1).kiln_ok(&["volume", "start", name]).unwrap();
-    for (i, dir) in nodes.iter().zip(&dirs) {
-        wait_brick(c, *i, dir);
-    }
-    dirs
-}
-
-fn wait_brick(c: &Cluster, node: usize, dir: &Path) {
-    let n = c.node(node);
-    wait_until(
-        &format!("brick {} to listen", n.brick_spec_of(dir)),
-        Duration::from_secs(60),
-        || n.brick_port(dir).is_some(),
-    )
-    .unwrap();
-}
-
-fn sha256(p: &Path) -> Option<String> {
-    let out = std::process::Command::new("sha256sum")
-        .arg(p)
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .map(str::to_string)
-}
-
-/// True if no changelog counter of `p` (against either brick) is non-zero.
-fn clean(p: &Path) -> bool {
-    (0..2).all(
-        |k| match brick::get_xattr(p, &format!("trusted.kiln.afr.{VOL}-client-{k}")) {
-            Ok(Some(v)) => v.iter().all(|b| *b == 0),
-            Ok(None) => true,
-            Err(_) => false,
-        },
-    )
-}
 
 fn content(i: usize) -> Vec<u8> {
     format!("file {i}\n").repeat(1 + i % 50).into_bytes()
@@ -163,7 +105,10 @@ fn kill_a_server_during_a_write_stream() {
         missed > 50,
         "only {missed} entries missing on node02's brick during the outage"
     );
-    assert!(!clean(&bricks[0]), "node01's root does not accuse node02");
+    assert!(
+        !changelog_clean(VOL, 2, &bricks[0]),
+        "node01's root does not accuse node02"
+    );
     c.node(2).start().unwrap();
     wait_brick(&c, 2, &bricks[1]);
     advance("the stream to go on after node02 returned", 100);
@@ -210,11 +155,15 @@ fn kill_a_server_during_a_write_stream() {
                 let same_inode = matches!((&ea, &eb), (Some(x), Some(y)) if x.gfid.is_some() && x.gfid == y.gfid && x.kind == y.kind);
                 let same_bytes = ea.as_ref().is_some_and(|e| e.kind == brick::Kind::Dir)
                     || sha256(&a).is_some_and(|h| Some(h) == sha256(&b));
-                if !(same_inode && same_bytes && clean(&a) && clean(&b)) {
+                if !(same_inode
+                    && same_bytes
+                    && changelog_clean(VOL, 2, &a)
+                    && changelog_clean(VOL, 2, &b))
+                {
                     behind.push(n.clone());
                 }
             }
-            if !(clean(&bricks[0]) && clean(&bricks[1])) {
+            if !(changelog_clean(VOL, 2, &bricks[0]) && changelog_clean(VOL, 2, &bricks[1])) {
                 behind.push("/".into());
             }
             Ok(behind.is_empty().then_some(()).or_else(|| {

@@ -9,6 +9,7 @@
 //! mkdir, rmdir, links) are replayed on its brick once it is back.
 
 use kiln_tests::brick;
+use kiln_tests::replica::{changelog_clean, create_replicated_with, sha256, wait_brick};
 use kiln_tests::{check_prerequisites, wait_for, wait_until, Cluster, Mount};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -16,68 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// `kiln volume create NAME replica 3` over node01..node03 (`force`),
-/// `network.ping-timeout` short so a cut-off server is noticed quickly,
-/// then `volume start`; waits until every brick listens.
-fn create_replica3(c: &Cluster, name: &str) -> Vec<PathBuf> {
-    let mut args: Vec<String> = ["volume", "create", name, "replica", "3"]
-        .map(String::from)
-        .to_vec();
-    let mut dirs = Vec::new();
-    for (k, i) in [1, 2, 3].iter().enumerate() {
-        let brick = format!("{name}.b{k}");
-        args.push(c.node(*i).brick_spec(&brick));
-        dirs.push(c.node(*i).brick_dir(&brick));
-    }
-    args.push("force".into());
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    c.node(1).kiln_ok(&refs).unwrap();
-    c.node(1)
-        .kiln_ok(&["volume", "set", name, "network.ping-timeout", "4"])
-        .unwrap();
-    c.node(1).kiln_ok(&["volume", "start", name]).unwrap();
-    for (i, dir) in [1, 2, 3].iter().zip(&dirs) {
-        wait_brick(c, *i, dir);
-    }
-    dirs
-}
-
-fn wait_brick(c: &Cluster, node: usize, dir: &Path) {
-    let n = c.node(node);
-    wait_until(
-        &format!("brick {} to listen", n.brick_spec_of(dir)),
-        Duration::from_secs(60),
-        || n.brick_port(dir).is_some(),
-    )
-    .unwrap();
-}
-
-fn sha256(p: &Path) -> Option<String> {
-    let out = std::process::Command::new("sha256sum")
-        .arg(p)
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .map(str::to_string)
-}
-
-/// True if no changelog counter of `p` (against any of the three bricks)
-/// is non-zero.
-fn clean(vol: &str, p: &Path) -> bool {
-    (0..3).all(
-        |k| match brick::get_xattr(p, &format!("trusted.kiln.afr.{vol}-client-{k}")) {
-            Ok(Some(v)) => v.iter().all(|b| *b == 0),
-            Ok(None) => true,
-            Err(_) => false,
-        },
-    )
-}
 
 /// What differs between the bricks (entries, kinds, gfids, bytes, or a
 /// changelog not clean); empty when all copies agree.
@@ -119,13 +58,13 @@ fn differences(vol: &str, bricks: &[PathBuf]) -> Vec<String> {
             }
         }
         for (k, b) in bricks.iter().enumerate() {
-            if e0.kind != brick::Kind::Symlink && !clean(vol, &b.join(rel)) {
+            if e0.kind != brick::Kind::Symlink && !changelog_clean(vol, 3, &b.join(rel)) {
                 out.push(format!("{rel:?}: changelog not clean on brick {k}"));
             }
         }
     }
     for (k, b) in bricks.iter().enumerate() {
-        if !clean(vol, b) {
+        if !changelog_clean(vol, 3, b) {
             out.push(format!("root changelog not clean on brick {k}"));
         }
     }
@@ -235,7 +174,7 @@ fn quorum_auto_minority_is_read_only_then_all_three_heal() {
     check_prerequisites().unwrap();
     const VOL: &str = "q3";
     let c = Cluster::pool(3).unwrap();
-    let bricks = create_replica3(&c, VOL);
+    let bricks = create_replicated_with(&c, VOL, 3, &[1, 2, 3], &[("network.ping-timeout", "4")]);
     let m = c.client().mount(&format!("node01:/{VOL}")).unwrap();
     std::fs::write(m.join("before"), b"written by all three").unwrap();
     // A large file, changed in the middle while node03 is away: healed by
@@ -356,7 +295,7 @@ fn directory_operations_are_replayed_on_a_returning_brick() {
     check_prerequisites().unwrap();
     const VOL: &str = "dr3";
     let c = Cluster::pool(3).unwrap();
-    let bricks = create_replica3(&c, VOL);
+    let bricks = create_replicated_with(&c, VOL, 3, &[1, 2, 3], &[("network.ping-timeout", "4")]);
     let m = c.client().mount(&format!("node01:/{VOL}")).unwrap();
     let p = |rel: &str| m.join(rel);
     for d in ["a", "b", "b/sub", "rd", "keep", "gone"] {
