@@ -36,6 +36,7 @@ have ping        || need+=(iputils-ping)
 have getfattr    || need+=(attr)
 have getent      || need+=(libc-bin)
 have cc          || need+=(gcc)
+have mkfs.ext4   || need+=(e2fsprogs)      # brick info: inode size read from a real superblock
 have nfs-cat     || need+=(libnfs-utils)   # NFS gateway tests: nfs-cp/nfs-cat/nfs-ls
 have rpcinfo     || need+=(rpcbind)        # rpcinfo; rpcbind adoption test
 have showmount   || need+=(nfs-common)     # showmount -e/-a

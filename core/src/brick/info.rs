@@ -213,6 +213,29 @@ mod tests {
     }
 
     #[test]
+    fn inode_size_from_a_real_ext4_superblock() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("fs.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+        for want in [256u32, 512] {
+            let st = std::process::Command::new("mkfs.ext4")
+                .args(["-F", "-q", "-I", &want.to_string()])
+                .arg(&img)
+                .status()
+                .expect("mkfs.ext4 (e2fsprogs) is needed by this test");
+            assert!(st.success());
+            let img = img.to_str().unwrap();
+            assert_eq!(inode_size(img, "ext4"), Some(want));
+            // Not what the superblock is: nothing rather than a wrong figure.
+            assert_eq!(inode_size(img, "xfs"), None);
+        }
+        assert_eq!(inode_size("tmpfs", "ext4"), None);
+    }
+
+    #[test]
     fn info_of_a_real_dir() {
         let d = tempfile::tempdir().unwrap();
         let i = brick_info(d.path());
