@@ -17,8 +17,8 @@
 //! `prepare`, `info`, `sys` (syscall helpers).
 
 mod entry;
-mod index;
 pub mod format;
+mod index;
 mod info;
 mod inode;
 mod internal_locks;
