@@ -7,7 +7,9 @@ pub mod rpc;
 pub mod xdr;
 
 pub use pmap::{Mapping, PmapError, Portmapper};
-pub use rpc::{CallContext, Credential, ProcError, RpcProgram, RpcServer, ServerConfig, Transport};
+pub use rpc::{
+    CallContext, Credential, ProcError, ProcResults, RpcProgram, RpcServer, ServerConfig, Transport,
+};
 pub use xdr::{XdrError, XdrReader, XdrResult, XdrWriter};
 
 /// Serves a portmapper on `addr` (or adopts the host's rpcbind there).

@@ -184,10 +184,13 @@ impl<'a> XdrReader<'a> {
     }
 }
 
-/// Builds an XDR message in a growable buffer.
+/// Builds an XDR message in a growable buffer, optionally ending in bulk
+/// data kept in its own buffer (`put_opaque_tail`).
 #[derive(Debug, Default, Clone)]
 pub struct XdrWriter {
     buf: Vec<u8>,
+    /// Bulk data that follows `buf[..at]`, and `at`.
+    tail: Option<(bytes::Bytes, usize)>,
 }
 
 impl XdrWriter {
@@ -200,6 +203,7 @@ impl XdrWriter {
     pub fn with_capacity(n: usize) -> Self {
         XdrWriter {
             buf: Vec::with_capacity(n),
+            tail: None,
         }
     }
 
@@ -218,9 +222,48 @@ impl XdrWriter {
         self.buf.truncate(len);
     }
 
-    /// The encoded bytes.
+    /// The encoded bytes (a tail is copied in).
     pub fn into_bytes(self) -> Vec<u8> {
-        self.buf
+        let r = self.into_results();
+        if r.tail.is_empty() {
+            return r.body;
+        }
+        let mut v = r.body;
+        v.extend_from_slice(&r.tail);
+        v.extend_from_slice(&[0u8; 3][..r.tail_pad.min(3)]);
+        v
+    }
+
+    /// The encoded results, a tail kept apart (sent without a copy).
+    pub fn into_results(self) -> crate::rpc::ProcResults {
+        let Some((tail, at)) = self.tail else {
+            return self.buf.into();
+        };
+        let tail_pad = padded(tail.len()) - tail.len();
+        if at == self.buf.len() {
+            return crate::rpc::ProcResults {
+                body: self.buf,
+                tail,
+                tail_pad,
+            };
+        }
+        // Something was written after the tail: put it in its place.
+        let mut body = self.buf[..at].to_vec();
+        body.extend_from_slice(&tail);
+        body.extend_from_slice(&[0u8; 3][..tail_pad]);
+        body.extend_from_slice(&self.buf[at..]);
+        body.into()
+    }
+
+    /// Variable-length opaque data kept in its own buffer, not copied: the
+    /// last item of a message (bulk READ data). A second tail is copied in.
+    pub fn put_opaque_tail(&mut self, data: bytes::Bytes) {
+        if self.tail.is_some() {
+            self.put_opaque(&data);
+            return;
+        }
+        self.put_u32(u32::try_from(data.len()).unwrap_or(u32::MAX));
+        self.tail = Some((data, self.buf.len()));
     }
 
     /// The encoded bytes so far.
@@ -281,6 +324,28 @@ impl XdrWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tail_is_kept_apart_padded_and_in_its_place() {
+        let mut w = XdrWriter::new();
+        w.put_u32(1);
+        w.put_opaque_tail(bytes::Bytes::from_static(b"abcde"));
+        let r = w.clone().into_results();
+        assert_eq!(r.body, [0, 0, 0, 1, 0, 0, 0, 5]);
+        assert_eq!(&r.tail[..], b"abcde");
+        assert_eq!(r.tail_pad, 3);
+        assert_eq!(
+            w.into_bytes(),
+            [0, 0, 0, 1, 0, 0, 0, 5, b'a', b'b', b'c', b'd', b'e', 0, 0, 0]
+        );
+        // What is written after a tail goes after it, copied in.
+        let mut w = XdrWriter::new();
+        w.put_opaque_tail(bytes::Bytes::from_static(b"xy"));
+        w.put_u32(9);
+        let r = w.into_results();
+        assert!(r.tail.is_empty());
+        assert_eq!(r.body, [0, 0, 0, 2, b'x', b'y', 0, 0, 0, 0, 0, 9]);
+    }
 
     #[test]
     fn round_trip_and_bounds() {

@@ -18,6 +18,7 @@
 
 mod entry;
 pub mod format;
+pub(crate) mod handoff;
 mod index;
 mod info;
 mod inode;
@@ -38,8 +39,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+pub use handoff::socket_name as handoff_socket_name;
 pub use info::{brick_info, BrickInfo};
 pub use prepare::prepare_brick_dir;
+pub(crate) use sys::iatt as iatt_of_stat;
 
 /// How a brick process is started (`kiln brick ...`).
 #[derive(Debug, Clone)]
@@ -166,7 +169,9 @@ pub async fn serve_listener(config: BrickConfig, listener: TcpListener) -> Resul
         locks: locks::LockTable::default(),
         ilocks: internal_locks::InternalLocks::default(),
         xattrop: xattrop::Xattrop::default(),
+        handoffs: Arc::default(),
     });
+    let _handoff = handoff::start(&config.volume, &config.label, shared.handoffs.clone());
     let addr = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(
         brick = %config.label,

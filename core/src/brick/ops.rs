@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub ilocks: super::internal_locks::InternalLocks,
     /// Xattrop serialisation.
     pub xattrop: super::xattrop::Xattrop,
+    /// Open files offered to local clients (`handoff`).
+    pub handoffs: Arc<super::handoff::Tokens>,
 }
 
 /// Keeps a regular file counted as open on the brick (so unlinking its
@@ -147,6 +149,7 @@ pub(crate) fn bind(conn: &Conn, req: &Request) -> Bound {
         | Request::Readdir { fd, .. }
         | Request::Lk { fd, .. }
         | Request::Fallocate { fd, .. }
+        | Request::Handoff { fd }
         | Request::Checksum { fd, .. } => *fd,
         _ => return None,
     };
@@ -385,6 +388,9 @@ pub(crate) fn run_blocking(
             drop(bound);
             Reply::Done
         }
+        Request::Handoff { .. } => Reply::HandoffToken {
+            token: s.handoffs.issue(file(bound)?)?,
+        },
         Request::Opendir { gfid } => {
             let fd = s.store.opendir(gfid)?;
             Reply::Opened {

@@ -207,6 +207,10 @@ pub enum Request {
     Fsync { fd: u64, datasync: bool },
     /// Drop an open file or directory; replies `Done`.
     Release { fd: u64 },
+    /// Offer the open regular file `fd` to a client on this host; replies
+    /// `HandoffToken`, redeemed on the brick's handoff socket
+    /// (`brick::handoff`).
+    Handoff { fd: u64 },
     /// Open a directory for reading; replies `Opened`.
     Opendir { gfid: Gfid },
     /// Read entries after `offset` (0 = start); replies `Entries`.
@@ -302,6 +306,7 @@ impl Request {
             Request::Flush { .. } => "FLUSH",
             Request::Fsync { .. } => "FSYNC",
             Request::Release { .. } => "RELEASE",
+            Request::Handoff { .. } => "HANDOFF",
             Request::Opendir { .. } => "OPENDIR",
             Request::Readdir { .. } => "READDIR",
             Request::Getxattr { .. } => "GETXATTR",
@@ -338,6 +343,8 @@ pub enum Reply {
     Created { iatt: Iatt, fd: u64 },
     /// An opened file or directory.
     Opened { fd: u64 },
+    /// A one-time token for the brick's handoff socket.
+    HandoffToken { token: [u8; 16] },
     /// Read result; the bytes are in the frame's data section.
     Read { eof: bool },
     /// Bytes written, and the file's attributes afterwards.

@@ -9,4 +9,4 @@ pub use frame::{Frame, FrameCodec, FrameKind, MAX_FRAME};
 pub use messages::*;
 
 /// Version of the protocol; a brick refuses a handshake from another version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;

@@ -139,7 +139,10 @@ impl RpcClient {
 
     /// Reads the next reply record.
     pub async fn read_reply(&mut self) -> Result<Vec<u8>, ClientError> {
-        match tokio::time::timeout(self.timeout, read_record(&mut self.stream, 64 << 20)).await {
+        match tokio::time::timeout(self.timeout, read_record(&mut self.stream, 64 << 20))
+            .await
+            .map(|r| r.map(|o| o.map(Vec::from)))
+        {
             Err(_) => Err(ClientError::Timeout),
             Ok(r) => r?.ok_or(ClientError::Closed),
         }

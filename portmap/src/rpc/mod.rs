@@ -11,5 +11,6 @@ pub mod server;
 pub use client::{ClientError, RpcClient};
 pub use msg::{AuthStat, AuthSys, Credential, ReplyStat};
 pub use server::{
-    CallContext, ProcError, RpcProgram, RpcReply, RpcServer, ServeHandle, ServerConfig, Transport,
+    CallContext, ProcError, ProcResults, RpcProgram, RpcReply, RpcServer, ServeHandle,
+    ServerConfig, Transport,
 };

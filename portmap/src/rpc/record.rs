@@ -3,6 +3,7 @@
 //! 31 bits give its length. Records are capped so a peer cannot make us
 //! allocate more than the cap, and buffers grow only as bytes arrive.
 
+use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -38,12 +39,14 @@ pub enum RecordError {
 pub const MAX_FRAGMENTS: usize = 1024;
 
 /// Reads one record of at most `max` bytes. `Ok(None)` is a clean end of
-/// stream between records.
+/// stream between records. The buffer is filled straight from the socket
+/// (never zeroed first), and parts of it can be shared without copying
+/// (`Bytes::slice_ref`).
 pub async fn read_record<R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
-) -> Result<Option<Vec<u8>>, RecordError> {
-    let mut rec = Vec::new();
+) -> Result<Option<Bytes>, RecordError> {
+    let mut rec = BytesMut::new();
     let mut fragments = 0usize;
     loop {
         let mut hdr = [0u8; 4];
@@ -69,19 +72,15 @@ pub async fn read_record<R: AsyncRead + Unpin>(
             return Err(RecordError::TooLarge { len: total, max });
         }
         while rec.len() < total {
-            let start = rec.len();
-            let step = (total - start).min(GROW_STEP);
-            rec.resize(start + step, 0);
-            r.read_exact(&mut rec[start..]).await.map_err(|e| {
-                if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                    RecordError::Truncated
-                } else {
-                    RecordError::Io(e)
-                }
-            })?;
+            let step = (total - rec.len()).min(GROW_STEP);
+            rec.reserve(step);
+            let n = (&mut *r).take(step as u64).read_buf(&mut rec).await?;
+            if n == 0 {
+                return Err(RecordError::Truncated);
+            }
         }
         if h & LAST_FRAGMENT != 0 {
-            return Ok(Some(rec));
+            return Ok(Some(rec.freeze()));
         }
     }
 }
@@ -125,7 +124,10 @@ mod tests {
         wire.extend_from_slice(&(2 | LAST_FRAGMENT).to_be_bytes());
         wire.extend_from_slice(b"de");
         let mut r = &wire[..];
-        assert_eq!(read_record(&mut r, 5).await.unwrap().unwrap(), b"abcde");
+        assert_eq!(
+            read_record(&mut r, 5).await.unwrap().unwrap(),
+            &b"abcde"[..]
+        );
         assert!(read_record(&mut r, 5).await.unwrap().is_none());
         let mut r = &wire[..];
         assert!(matches!(

@@ -3,6 +3,7 @@
 //! the duplicate request cache, and the TCP (record marked) and UDP loops.
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +43,45 @@ pub struct CallContext {
     pub transport: Transport,
     /// The validated credential.
     pub cred: Credential,
+    /// The whole call message, so arguments can be kept without copying
+    /// (`share`).
+    pub record: Bytes,
+}
+
+impl CallContext {
+    /// `part` (a slice of this call's arguments) as shared bytes: no copy
+    /// when it lies inside the call's record, a copy otherwise.
+    pub fn share(&self, part: &[u8]) -> Bytes {
+        let (base, len) = (self.record.as_ptr() as usize, self.record.len());
+        let at = part.as_ptr() as usize;
+        if at >= base && at.saturating_add(part.len()) <= base.saturating_add(len) {
+            self.record.slice_ref(part)
+        } else {
+            Bytes::copy_from_slice(part)
+        }
+    }
+}
+
+/// A procedure's encoded results: `body`, then `tail` (bulk data, sent
+/// from its own buffer without a copy) and `tail_pad` zero bytes.
+#[derive(Debug, Clone, Default)]
+pub struct ProcResults {
+    /// Results up to the bulk data.
+    pub body: Vec<u8>,
+    /// Bulk data ending the results (READ data).
+    pub tail: Bytes,
+    /// XDR padding after the tail (0..=3).
+    pub tail_pad: usize,
+}
+
+impl From<Vec<u8>> for ProcResults {
+    fn from(body: Vec<u8>) -> ProcResults {
+        ProcResults {
+            body,
+            tail: Bytes::new(),
+            tail_pad: 0,
+        }
+    }
 }
 
 /// A call a procedure could not answer with results.
@@ -89,6 +129,19 @@ pub trait RpcProgram: Send + Sync {
         proc_: u32,
         args: &[u8],
     ) -> Result<Vec<u8>, ProcError>;
+    /// Like `call`, for programs whose results may end in bulk data sent
+    /// without copying (NFS READ); what the server calls.
+    async fn call_results(
+        &self,
+        ctx: &CallContext,
+        vers: u32,
+        proc_: u32,
+        args: &[u8],
+    ) -> Result<ProcResults, ProcError> {
+        self.call(ctx, vers, proc_, args)
+            .await
+            .map(ProcResults::from)
+    }
 }
 
 /// An encoded reply: RPC header and procedure results, kept apart so the
@@ -98,8 +151,11 @@ pub struct RpcReply {
     /// xid, status and verifier.
     pub head: Vec<u8>,
     /// Procedure results (empty unless SUCCESS).
-    pub body: Vec<u8>,
+    pub body: ProcResults,
 }
+
+/// Zero bytes for XDR padding.
+const PAD: [u8; 3] = [0; 3];
 
 impl RpcReply {
     fn stat(xid: u32, stat: ReplyStat) -> RpcReply {
@@ -107,13 +163,23 @@ impl RpcReply {
         stat.encode_header(xid, &mut w);
         RpcReply {
             head: w.into_bytes(),
-            body: Vec::new(),
+            body: ProcResults::default(),
         }
+    }
+
+    /// The reply's parts, in order on the wire.
+    pub fn parts(&self) -> [&[u8]; 4] {
+        [
+            &self.head,
+            &self.body.body,
+            &self.body.tail,
+            &PAD[..self.body.tail_pad.min(3)],
+        ]
     }
 
     /// Total length on the wire (without record mark).
     pub fn len(&self) -> usize {
-        self.head.len() + self.body.len()
+        self.parts().iter().map(|p| p.len()).sum()
     }
 
     /// True when empty (never for a real reply).
@@ -121,11 +187,12 @@ impl RpcReply {
         self.len() == 0
     }
 
-    /// Head and body in one buffer.
+    /// The whole reply in one buffer.
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.len());
-        v.extend_from_slice(&self.head);
-        v.extend_from_slice(&self.body);
+        for p in self.parts() {
+            v.extend_from_slice(p);
+        }
         v
     }
 }
@@ -196,6 +263,20 @@ impl RpcServer {
         transport: Transport,
         msg: &[u8],
     ) -> Option<RpcReply> {
+        self.dispatch_record(peer, local, transport, Bytes::copy_from_slice(msg))
+            .await
+    }
+
+    /// `dispatch` of a message the server owns (procedures may keep parts
+    /// of it, such as WRITE data, without copying).
+    pub async fn dispatch_record(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        transport: Transport,
+        record: Bytes,
+    ) -> Option<RpcReply> {
+        let msg: &[u8] = &record;
         let (call, args) = match CallHeader::decode(msg) {
             Ok(c) => c,
             Err(CallError::NotACall) => {
@@ -251,7 +332,7 @@ impl RpcServer {
                     tracing::debug!(%peer, xid, "rpc: retransmission answered from the cache");
                     return Some(RpcReply {
                         head: reply.to_vec(),
-                        body: Vec::new(),
+                        body: ProcResults::default(),
                     });
                 }
             }
@@ -262,8 +343,9 @@ impl RpcServer {
             local,
             transport,
             cred,
+            record: record.clone(),
         };
-        let reply = match prog.call(&ctx, call.vers, call.proc_, args).await {
+        let reply = match prog.call_results(&ctx, call.vers, call.proc_, args).await {
             Ok(body) => {
                 let mut r = RpcReply::stat(xid, ReplyStat::Success);
                 r.body = body;
@@ -321,7 +403,7 @@ impl RpcServer {
         let writer = tokio::spawn(async move {
             let mut wr = BufWriter::with_capacity(64 * 1024, wr);
             while let Some(r) = rx.recv().await {
-                if write_record(&mut wr, &[&r.head, &r.body]).await.is_err() {
+                if write_record(&mut wr, &r.parts()).await.is_err() {
                     return;
                 }
                 if rx.is_empty() && wr.flush().await.is_err() {
@@ -341,7 +423,8 @@ impl RpcServer {
                     let me = self.clone();
                     let tx = tx.clone();
                     calls.spawn(async move {
-                        if let Some(r) = me.dispatch(peer, local, Transport::Tcp, &msg).await {
+                        if let Some(r) = me.dispatch_record(peer, local, Transport::Tcp, msg).await
+                        {
                             let _ = tx.send(r).await;
                         }
                         drop(permit);
@@ -382,14 +465,14 @@ impl RpcServer {
                     continue;
                 }
             };
-            let msg = buf[..n].to_vec();
+            let msg = Bytes::copy_from_slice(&buf[..n]);
             let Ok(permit) = sem.clone().acquire_owned().await else {
                 continue;
             };
             let me = self.clone();
             let socket = socket.clone();
             calls.spawn(async move {
-                if let Some(r) = me.dispatch(peer, local, Transport::Udp, &msg).await {
+                if let Some(r) = me.dispatch_record(peer, local, Transport::Udp, msg).await {
                     let out = if r.len() > MAX_UDP_PAYLOAD {
                         tracing::warn!(%peer, len = r.len(), "rpc: reply too large for udp");
                         let xid = u32::from_be_bytes([r.head[0], r.head[1], r.head[2], r.head[3]]);

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use std::sync::atomic::Ordering;
 
+use super::local::{self, Direct, DIRECT_MIN};
 use super::ProtocolClient;
 use crate::client::fd::Fd;
 use crate::client::xlator::{Lookup, Xlator};
@@ -24,6 +25,8 @@ use crate::proto::{
 struct RemoteFd {
     slot: Mutex<(u64, u64)>,
     is_dir: bool,
+    /// The file itself, once the brick handed it over (local bricks).
+    direct: Mutex<Direct>,
 }
 
 fn unexpected(r: Reply) -> FsError {
@@ -87,8 +90,56 @@ impl ProtocolClient {
             RemoteFd {
                 slot: Mutex::new((gen, n)),
                 is_dir,
+                direct: Mutex::new(Direct::Untried),
             },
         )
+    }
+
+    /// The file behind `fd` for direct I/O, if the brick is on this host
+    /// and its connection is up (asking the brick to hand it over the
+    /// first time, and again after a reconnect).
+    async fn direct_file(&self, fd: &Fd) -> Option<std::sync::Arc<std::os::fd::OwnedFd>> {
+        let link = &self.shared.handoff;
+        if !link.available() {
+            return None;
+        }
+        let rfd = fd.state::<RemoteFd>()?;
+        if rfd.is_dir {
+            return None;
+        }
+        let (_, gen) = self.conn().await.ok()?;
+        match &*rfd.direct.lock() {
+            Direct::Open { gen: g, file } if *g == gen => return Some(file.clone()),
+            Direct::Refused => return None,
+            _ => {}
+        }
+        let (conn, n) = self.remote_fd(fd).await.ok()?;
+        let token = match conn.call(Request::Handoff { fd: n }, Bytes::new()).await {
+            Ok((Reply::HandoffToken { token }, _)) => token,
+            Err(FsError::NotConnected(_)) | Err(FsError::Os(libc::EAGAIN)) => return None,
+            Ok(_) | Err(_) => {
+                *rfd.direct.lock() = Direct::Refused;
+                return None;
+            }
+        };
+        let shared = self.shared.clone();
+        let redeemed = tokio::task::spawn_blocking(move || shared.handoff.redeem(&token)).await;
+        match redeemed {
+            Ok(Ok(Some(file))) => {
+                let file = std::sync::Arc::new(file);
+                *rfd.direct.lock() = Direct::Open {
+                    gen,
+                    file: file.clone(),
+                };
+                tracing::debug!(brick = %self.brick_label(), gfid = %fd.gfid, "direct I/O on a local brick");
+                Some(file)
+            }
+            Ok(Ok(None)) => {
+                *rfd.direct.lock() = Direct::Refused;
+                None
+            }
+            _ => None,
+        }
     }
 
     async fn fd_call(
@@ -252,6 +303,11 @@ impl Xlator for ProtocolClient {
     }
 
     async fn read(&self, fd: &Fd, offset: u64, size: u32) -> FsResult<Bytes> {
+        if size as usize >= DIRECT_MIN {
+            if let Some(file) = self.direct_file(fd).await {
+                return local::read(file, offset, size.min(local::READ_MAX)).await;
+            }
+        }
         match self
             .fd_call(
                 fd,
@@ -270,6 +326,11 @@ impl Xlator for ProtocolClient {
     }
 
     async fn write(&self, fd: &Fd, offset: u64, data: Bytes) -> FsResult<(u32, Iatt)> {
+        if data.len() >= DIRECT_MIN {
+            if let Some(file) = self.direct_file(fd).await {
+                return local::write(file, fd.gfid, offset, data).await;
+            }
+        }
         match self
             .fd_call(fd, |n| Request::Write { fd: n, offset }, data)
             .await?

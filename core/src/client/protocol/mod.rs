@@ -1,9 +1,14 @@
 //! Protocol client: the translator that talks to one brick over TCP
 //! (pipelined, multiplexed, reconnecting, with a ping timeout). A refused or
 //! reset connection is noticed at once; a silent brick after ping-timeout.
+//! Bulk reads and writes to a brick on this host go to the file directly
+//! (`local`).
 
 mod connection;
 mod fops;
+mod local;
+
+pub use local::direct_io_bytes;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -44,6 +49,8 @@ struct Shared {
     first_attempt: tokio::sync::Notify,
     shutdown: AtomicBool,
     wake: tokio::sync::Notify,
+    /// The brick's handoff socket, for direct bulk I/O when it is local.
+    handoff: local::HandoffLink,
 }
 
 impl ProtocolClient {
@@ -59,6 +66,7 @@ impl ProtocolClient {
             first_attempt: tokio::sync::Notify::new(),
             shutdown: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
+            handoff: local::HandoffLink::new(volume, &brick.label()),
         });
         tokio::spawn(supervise(shared.clone()));
         ProtocolClient {
@@ -122,6 +130,7 @@ async fn supervise(s: Arc<Shared>) {
                     cur.1 += 1;
                     cur.0 = Some(conn.clone());
                 }
+                s.handoff.reset();
                 tracing::info!(brick = %s.brick.label(), "connected to brick");
                 logged_down = false;
                 s.first_attempt_done.store(true, Ordering::Release);

@@ -5,7 +5,6 @@
 //! wait for the queue (COMMIT reports a queued write that failed); a READ
 //! that does not reach the end starts reading the next range ahead.
 
-use bytes::Bytes;
 use kiln_core::{FileKind, FsError, Iatt};
 use kiln_portmap::xdr::XdrWriter;
 use kiln_portmap::CallContext;
@@ -86,12 +85,13 @@ impl NfsProgram {
                 vol.fds.read_ahead(t.gfid, fd, next, count, a.size);
             }
         }
-        let mut w = XdrWriter::with_capacity(data.len() + 128);
+        let mut w = XdrWriter::with_capacity(128);
         w.put_u32(NfsStat3::NFS3_OK as u32);
         encode_post_op_attr(Some(&vol.fattr(&a)), &mut w);
         w.put_u32(data.len() as u32);
         w.put_bool(eof);
-        w.put_opaque(&data);
+        // Sent from the buffer it was read into.
+        w.put_opaque_tail(data);
         Ok(w)
     }
 
@@ -121,7 +121,8 @@ impl NfsProgram {
         if !t.id.may_write_data(&before) {
             return Err(Fail::wcc(NfsStat3::NFS3ERR_ACCES, &same));
         }
-        let payload = Bytes::copy_from_slice(data);
+        // The data stays in the call's buffer (no copy).
+        let payload = ctx.share(data);
         if args.stable == StableHow::UNSTABLE && !payload.is_empty() {
             // Behind: answered now, applied in order; COMMIT (or a failure
             // already known) reports errors. No post-op attributes: the

@@ -11,7 +11,7 @@ mod io;
 use async_trait::async_trait;
 use kiln_core::{FsError, Iatt, Name};
 use kiln_portmap::xdr::{XdrReader, XdrWriter};
-use kiln_portmap::{CallContext, ProcError, RpcProgram, Transport};
+use kiln_portmap::{CallContext, ProcError, ProcResults, RpcProgram, Transport};
 use std::sync::Arc;
 
 use crate::args;
@@ -173,13 +173,28 @@ impl RpcProgram for NfsProgram {
     async fn call(
         &self,
         ctx: &CallContext,
-        _vers: u32,
+        vers: u32,
         proc_: u32,
         args: &[u8],
     ) -> Result<Vec<u8>, ProcError> {
+        let r = self.call_results(ctx, vers, proc_, args).await?;
+        let mut w = XdrWriter::new();
+        w.put_raw(&r.body);
+        w.put_raw(&r.tail);
+        w.put_raw(&[0u8; 3][..r.tail_pad.min(3)]);
+        Ok(w.into_bytes())
+    }
+
+    async fn call_results(
+        &self,
+        ctx: &CallContext,
+        _vers: u32,
+        proc_: u32,
+        args: &[u8],
+    ) -> Result<ProcResults, ProcError> {
         let r = &mut XdrReader::new(args);
         let res = match proc_ {
-            proc3::NULL => return Ok(Vec::new()),
+            proc3::NULL => return Ok(ProcResults::default()),
             proc3::GETATTR => self.getattr(ctx, args::fh(r)?).await,
             proc3::SETATTR => self.setattr(ctx, args::setattr(r)?).await,
             proc3::LOOKUP => self.lookup(ctx, args::DirOpArgs::decode(r)?).await,
@@ -207,7 +222,7 @@ impl RpcProgram for NfsProgram {
             _ => return Err(ProcError::ProcUnavail),
         };
         Ok(match res {
-            Ok(w) => w.into_bytes(),
+            Ok(w) => w.into_results(),
             Err(f) => {
                 if f.stat == NfsStat3::NFS3ERR_SERVERFAULT || f.stat == NfsStat3::NFS3ERR_IO {
                     tracing::warn!(peer = %ctx.peer, proc_, stat = ?f.stat, "nfs3: call failed");
@@ -217,7 +232,7 @@ impl RpcProgram for NfsProgram {
                 let mut w = XdrWriter::with_capacity(4 + f.tail.len());
                 w.put_u32(f.stat as u32);
                 w.put_raw(f.tail.as_bytes());
-                w.into_bytes()
+                w.into_results()
             }
         })
     }
