@@ -9,6 +9,7 @@ pub mod fd;
 pub mod protocol;
 pub mod replicate;
 pub mod volume;
+mod volume_graph;
 pub mod xlator;
 
 pub use fd::Fd;
