@@ -72,6 +72,17 @@ impl VolumeSpec {
         self.options.get(key).map(String::as_str).unwrap_or(default)
     }
 
+    /// Whether `other` builds the same client graph: same volume, bricks
+    /// (ports included) and options; `generation` is left out (it counts
+    /// config changes, not what a client sees).
+    pub fn same_graph(&self, other: &VolumeSpec) -> bool {
+        self.name == other.name
+            && self.id == other.id
+            && self.kind == other.kind
+            && self.bricks == other.bricks
+            && self.options == other.options
+    }
+
     /// Bricks per replica set (1 for an unreplicated volume).
     pub fn replica_count(&self) -> usize {
         match self.kind {

@@ -9,7 +9,8 @@
 //!    nonces) and the daemon proves it back in `AuthOk`; only then are
 //!    `Peer(..)` requests served on that connection;
 //! 3. the CLI sends `Cli(..)` (local socket, loopback, or a pool member's
-//!    address), a client `GetSpec`, an unjoined server receives `ProbeJoin`.
+//!    address), a client `GetSpec` / `WatchSpec`, an unjoined server
+//!    receives `ProbeJoin`.
 
 use kiln_config::VolumeConfig;
 use kiln_core::graph::VolumeSpec;
@@ -54,6 +55,19 @@ pub enum MgmtRequest {
     },
     /// Server-to-server messages; need an authenticated connection.
     Peer(PeerRequest),
+    /// A mounted client's subscription to its volume's spec (open to anyone,
+    /// as `GetSpec`): answered with `Spec` as soon as the started volume's
+    /// spec builds another graph than `known` (at once if it already does),
+    /// else with `Ok` after `wait_secs` (at most 300) so the client knows
+    /// the daemon is alive; the client then asks again.
+    WatchSpec {
+        /// Volume name.
+        volume: String,
+        /// The spec the client runs (`None`: answer with the current one).
+        known: Option<VolumeSpec>,
+        /// How long to hold the request without a change.
+        wait_secs: u32,
+    },
 }
 
 /// Messages between pool members.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::fd::Fd;
-use super::volume_graph::{describe, same_graph, Binding, Graph, VolumeFd};
+use super::volume_graph::{describe, Binding, Graph, VolumeFd};
 use super::xlator::{Caller, Lookup, Xlator};
 use crate::error::{FsError, FsResult};
 use crate::gfid::Gfid;
@@ -112,7 +112,7 @@ impl Volume {
     pub async fn switch(&self, spec: VolumeSpec, ready_timeout: Duration) -> FsResult<bool> {
         let _one = self.switching.lock().await;
         let cur = self.current();
-        if same_graph(&cur.spec, &spec) {
+        if cur.spec.same_graph(&spec) {
             return Ok(false);
         }
         let client_id = format!("{}-g{}", self.client_id, cur.number + 1);
@@ -129,7 +129,7 @@ impl Volume {
     ) -> FsResult<bool> {
         let _one = self.switching.lock().await;
         let cur = self.current();
-        if same_graph(&cur.spec, &spec) {
+        if cur.spec.same_graph(&spec) {
             return Ok(false);
         }
         self.install(cur, spec, top, ready_timeout).await

@@ -29,16 +29,6 @@ impl Drop for Graph {
     }
 }
 
-/// Whether two specs build the same graph (`generation` counts changes of
-/// the volume's config, not what a client sees).
-pub(crate) fn same_graph(a: &VolumeSpec, b: &VolumeSpec) -> bool {
-    a.name == b.name
-        && a.id == b.id
-        && a.kind == b.kind
-        && a.bricks == b.bricks
-        && a.options == b.options
-}
-
 /// A one-line description of a graph for the log: `vol2 replica 3
 /// (h1:/b, h2:/b, h3:/b) options {..}`.
 pub(crate) fn describe(spec: &VolumeSpec) -> String {

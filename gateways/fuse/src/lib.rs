@@ -47,9 +47,13 @@
 //!   `security.capability` probe per write.
 //! - The spec comes from the first of the listed servers that answers
 //!   (`kiln_mgmt::fetch_volume_spec`), or from a file (`-o volfile=PATH`).
+//! - The mount keeps watching the spec on its servers
+//!   (`kiln_mgmt::watch_volume_spec`, the next server when one fails) and
+//!   switches to each new graph without a remount (`Volume::switch`: open
+//!   files move on their next use, locked ones stay on their graph until
+//!   released). Not with `volfile=`.
 //! - Known gaps: FUSE interrupts are not supported by fuser (a process
-//!   killed while waiting for a lock waits until it is granted); a new
-//!   volume spec pushed by the servers is not picked up until remount.
+//!   killed while waiting for a lock waits until it is granted).
 
 mod args;
 mod convert;
@@ -165,8 +169,12 @@ fn serve(job: &Job, notifier: Option<&mut daemon::Notifier>) -> anyhow::Result<(
     let vol = {
         // The graph's protocol clients start their connections on `rt`.
         let _ctx = rt.enter();
-        Arc::new(Volume::new(spec))
+        Arc::new(Volume::new(spec.clone()))
     };
+    if job.opts.volfile.is_none() {
+        let _ctx = rt.enter();
+        follow_spec(job, spec, &vol);
+    }
     let root = rt
         .block_on(vol.wait_ready(job.opts.ready_timeout))
         .map_err(|e| anyhow!("volume {} is not reachable: {e}", job.volume))?;
@@ -214,6 +222,28 @@ fn serve(job: &Job, notifier: Option<&mut daemon::Notifier>) -> anyhow::Result<(
     // is left to do (reconnect loops and idle timers are simply dropped).
     rt.shutdown_background();
     r.context("serving the mount")
+}
+
+/// How long a new graph is given to reach its bricks before it takes over.
+const SWITCH_READY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keeps the mount on the volume's current graph: watches the spec on the
+/// mount's servers and switches `vol` to each new one (add-brick, option
+/// changes, bricks on new ports) without a remount. Ends with the volume.
+fn follow_spec(job: &Job, spec: VolumeSpec, vol: &Arc<Volume>) {
+    let mut specs = kiln_mgmt::watch_volume_spec(job.servers.clone(), job.volume.clone(), spec);
+    let vol = Arc::downgrade(vol);
+    tokio::spawn(async move {
+        while specs.changed().await.is_ok() {
+            let spec = specs.borrow_and_update().clone();
+            let Some(vol) = vol.upgrade() else {
+                return;
+            };
+            if let Err(e) = vol.switch(spec, SWITCH_READY).await {
+                tracing::error!(error = %e, "cannot switch to the volume's new graph; staying on the old one");
+            }
+        }
+    });
 }
 
 /// The volume spec: from `volfile=` if given, else from the servers.

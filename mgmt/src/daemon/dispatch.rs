@@ -1,7 +1,7 @@
 //! Routing one request to its handler, with the access rules: peer messages
 //! only on a connection that proved the pool secret; CLI commands only from
-//! the local socket, loopback, or a pool member's address; volume specs and
-//! probe-join to anyone.
+//! the local socket, loopback, or a pool member's address; volume specs
+//! (fetched or watched) and probe-join to anyone.
 
 use bytes::Bytes;
 use std::net::IpAddr;
@@ -81,6 +81,15 @@ pub(crate) async fn handle(
             (MgmtReply::Cli(run_cli(d, cmd).await), Bytes::new(), false)
         }
         MgmtRequest::GetSpec { volume } => (get_spec(d, &volume), Bytes::new(), false),
+        MgmtRequest::WatchSpec {
+            volume,
+            known,
+            wait_secs,
+        } => (
+            super::watch::watch_spec(d, &volume, known, wait_secs).await,
+            Bytes::new(),
+            false,
+        ),
         MgmtRequest::ProbeJoin {
             version,
             secret,

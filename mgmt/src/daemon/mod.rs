@@ -12,6 +12,9 @@ mod tests;
 mod tests_nfs;
 #[cfg(test)]
 mod tests_pool;
+#[cfg(test)]
+mod tests_watch;
+mod watch;
 
 use anyhow::Context;
 use bytes::Bytes;
