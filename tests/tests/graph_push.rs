@@ -8,7 +8,10 @@
 //!   written (sha256);
 //! - `volume set cluster.quorum-type fixed` + `cluster.quorum-count 2`
 //!   reaches the mount: with a brick down a create fails with EROFS, and
-//!   `volume reset` of the option lets it through again.
+//!   `volume reset` of the option lets it through again;
+//! - the management daemon the mount watches is killed: the mount moves to
+//!   its backup server (`backup-volfile-servers`) and still gets the next
+//!   option change.
 
 use kiln_tests::brick;
 use kiln_tests::replica::{changelog_clean, create_replicated, sha256, wait_brick};
@@ -240,5 +243,50 @@ fn quorum_options_reach_a_mounted_client() {
     .unwrap();
     std::fs::write(m.join("accepted"), b"one brick\n").unwrap();
     assert_eq!(std::fs::read(m.join("accepted")).unwrap(), b"one brick\n");
+    drop(m);
+}
+
+#[test]
+fn the_mount_follows_the_volume_through_a_backup_server() {
+    check_prerequisites().unwrap();
+    const VOL: &str = "gpb";
+    // node03 holds no brick: with node01's daemon gone, node02 and node03
+    // keep the pool's Raft majority and answer the CLI.
+    let c = Cluster::pool(3).unwrap();
+    create_replicated(&c, VOL, 2, &[1, 2]);
+    let m = c
+        .client()
+        .mount_with(
+            &format!("node01:/{VOL}"),
+            &["-o", "backup-volfile-servers=node02"],
+        )
+        .unwrap();
+    std::fs::write(m.join("before"), b"watched on node01\n").unwrap();
+    // The management daemon the mount watches dies (its bricks go on).
+    c.node(1).kill_server().unwrap();
+    wait_until(
+        "the mount to notice its watch is lost",
+        Duration::from_secs(60),
+        || {
+            std::fs::read_to_string(m.log_file())
+                .unwrap_or_default()
+                .contains("volume spec watch lost")
+        },
+    )
+    .unwrap();
+    c.node(2)
+        .kiln_ok(&["volume", "set", VOL, "network.ping-timeout", "17"])
+        .unwrap();
+    let line = wait_graph_line(
+        &m.log_file(),
+        &["graph 2 active", "network.ping-timeout=17"],
+    );
+    eprintln!("through the backup server: {line}");
+    // The mount still works, on the new graph.
+    std::fs::write(m.join("after"), b"watched on node02\n").unwrap();
+    assert_eq!(
+        std::fs::read(m.join("before")).unwrap(),
+        b"watched on node01\n"
+    );
     drop(m);
 }
