@@ -227,7 +227,7 @@ async fn a_locked_file_stays_on_its_graph_until_released() {
         owner: 7,
         pid: 1,
     };
-    vol.lk(&locked, LockCmd::Set, lock.clone()).await.unwrap();
+    vol.lk(&locked, LockCmd::Set, lock).await.unwrap();
 
     // An option change is a new graph too.
     assert!(vol
@@ -241,10 +241,7 @@ async fn a_locked_file_stays_on_its_graph_until_released() {
     // The lock still holds: the file stays where its lock lives.
     vol.write(&locked, 0, block(3)).await.unwrap();
     assert_eq!(vol.graphs_in_use(), 2);
-    let probe = FileLock {
-        owner: 8,
-        ..lock.clone()
-    };
+    let probe = FileLock { owner: 8, ..lock };
     let other = Volume::new(b.spec(2, &[]));
     other.wait_ready(Duration::from_secs(10)).await.unwrap();
     let ofd = other

@@ -41,6 +41,8 @@ async fn run(servers: Vec<String>, volume: String, tx: watch::Sender<VolumeSpec>
     let mut at = 0;
     let mut conn: Option<Conn> = None;
     let mut failures: u32 = 0;
+    // A refusal (volume deleted?) is logged once until the next answer.
+    let mut refused = false;
     loop {
         let server = &servers[at];
         let c = match conn.as_mut() {
@@ -79,6 +81,7 @@ async fn run(servers: Vec<String>, volume: String, tx: watch::Sender<VolumeSpec>
         match answer {
             Ok((MgmtReply::Spec(spec), _)) => {
                 failures = 0;
+                refused = false;
                 let newer = {
                     let cur = tx.borrow();
                     !spec.same_graph(&cur) && spec.generation >= cur.generation
@@ -88,11 +91,17 @@ async fn run(servers: Vec<String>, volume: String, tx: watch::Sender<VolumeSpec>
                     tx.send_replace(spec);
                 }
             }
-            Ok((MgmtReply::Ok, _)) => failures = 0,
+            Ok((MgmtReply::Ok, _)) => {
+                failures = 0;
+                refused = false;
+            }
             Ok((MgmtReply::Error(e), _)) => {
                 // The server answers but has no spec for us (volume
                 // deleted?): keep the graph, ask again later.
-                tracing::warn!(server = %server, volume = %volume, error = %e, "volume spec watch refused");
+                if !refused {
+                    tracing::warn!(server = %server, volume = %volume, error = %e, "volume spec watch refused; asking again every 5 s");
+                }
+                refused = true;
                 pause(&tx, 5).await;
             }
             Ok((other, _)) => {

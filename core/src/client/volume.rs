@@ -157,7 +157,11 @@ impl Volume {
             top,
         });
         let previous = std::mem::replace(&mut *self.graph.write(), graph);
-        self.old.lock().push(Arc::downgrade(&previous));
+        {
+            let mut old = self.old.lock();
+            old.retain(|g| g.strong_count() > 0);
+            old.push(Arc::downgrade(&previous));
+        }
         drop(previous);
         tracing::info!("graph {number} active: {line}");
         Ok(true)
