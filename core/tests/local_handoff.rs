@@ -7,14 +7,13 @@ mod brick_util;
 
 use brick_util::*;
 use bytes::Bytes;
-use kiln_core::brick::handoff_socket_name;
+use kiln_core::brick::{handoff_exchange, handoff_socket_name};
 use kiln_core::client::protocol::direct_io_bytes;
 use kiln_core::client::{Caller, Volume};
 use kiln_core::graph::{BrickSpec, VolumeKind, VolumeSpec};
 use kiln_core::proto::{Reply, Request};
 use kiln_core::{FsError, Gfid, Name};
-use std::io::{IoSliceMut, Write};
-use std::mem::MaybeUninit;
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixStream};
@@ -22,25 +21,8 @@ use std::time::Duration;
 
 /// Sends `token` on the brick's handoff socket; the status byte and the fd.
 fn redeem(sock: &mut UnixStream, token: &[u8]) -> (u8, Option<OwnedFd>) {
-    sock.write_all(token).unwrap();
-    let mut status = [0u8; 1];
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
-    let got = rustix::net::recvmsg(
-        &*sock,
-        &mut [IoSliceMut::new(&mut status)],
-        &mut control,
-        rustix::net::RecvFlags::CMSG_CLOEXEC,
-    )
-    .unwrap();
-    assert_eq!(got.bytes, 1, "one status byte");
-    let mut fd = None;
-    for m in control.drain() {
-        if let rustix::net::RecvAncillaryMessage::ScmRights(fds) = m {
-            fd = fds.into_iter().next();
-        }
-    }
-    (status[0], fd)
+    let token: [u8; 16] = token.try_into().unwrap();
+    handoff_exchange(sock, &token).unwrap()
 }
 
 fn connect(label: &str) -> UnixStream {
@@ -105,7 +87,18 @@ async fn a_token_hands_over_the_open_file_once() {
         Reply::HandoffToken { token } => token,
         r => panic!("{r:?}"),
     };
-    let (status, file) = redeem(&mut connect(&b.label), &token);
+    // The old listener goes in the background; the new one binds after it.
+    let mut sock = None;
+    for _ in 0..100 {
+        let addr = SocketAddr::from_abstract_name(handoff_socket_name(VOLUME, &b.label).as_bytes())
+            .unwrap();
+        if let Ok(s) = UnixStream::connect_addr(&addr) {
+            sock = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, file) = redeem(sock.as_mut().expect("handoff socket after restart"), &token);
     assert_eq!((status, file.is_some()), (0, true));
 }
 

@@ -46,9 +46,12 @@ pub fn socket_name(volume: &str, label: &str) -> String {
     format!("kiln-brick-handoff-{h:016x}")
 }
 
+/// An offered file and when it was offered.
+type Offer = (Arc<OpenFd>, Instant);
+
 /// Tokens issued and not yet redeemed.
 #[derive(Default)]
-pub(crate) struct Tokens(Mutex<HashMap<[u8; TOKEN_LEN], (Arc<OpenFd>, Instant)>>);
+pub(crate) struct Tokens(Mutex<HashMap<[u8; TOKEN_LEN], Offer>>);
 
 impl Tokens {
     /// Issues a token for the regular file `f`.
@@ -81,41 +84,78 @@ impl Tokens {
 /// Stops the handoff listener when dropped (with the brick's serving
 /// future), freeing its name for a brick served again in this process.
 pub(crate) struct Listening {
-    listener: Arc<UnixListener>,
+    listener: Arc<Mutex<Option<Arc<UnixListener>>>>,
     stop: Arc<AtomicBool>,
 }
 
 impl Drop for Listening {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        // Wakes the blocked accept(2).
-        let _ = rustix::net::shutdown(&*self.listener, rustix::net::Shutdown::Both);
+        if let Some(l) = &*self.listener.lock() {
+            // Wakes the blocked accept(2).
+            let _ = rustix::net::shutdown(&**l, rustix::net::Shutdown::Both);
+        }
     }
 }
 
+/// How long binding the socket is retried (a brick served again in the same
+/// process waits for the previous one's listener to go).
+const BIND_PATIENCE: Duration = Duration::from_secs(3);
+
 /// Binds the brick's handoff socket and serves it on a thread of its own.
 /// Without it (the name is taken, say) clients just use TCP for data.
-pub(crate) fn start(volume: &str, label: &str, tokens: Arc<Tokens>) -> Option<Listening> {
+pub(crate) fn start(volume: &str, label: &str, tokens: Arc<Tokens>) -> Listening {
     let name = socket_name(volume, label);
-    let listener = match SocketAddr::from_abstract_name(name.as_bytes())
-        .and_then(|a| UnixListener::bind_addr(&a))
-    {
-        Ok(l) => Arc::new(l),
-        Err(e) => {
-            tracing::warn!(socket = %name, "local fd handoff off: cannot bind its socket: {e}");
-            return None;
-        }
+    let listening = Listening {
+        listener: Arc::default(),
+        stop: Arc::new(AtomicBool::new(false)),
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let (l, st) = (listener.clone(), stop.clone());
+    // Bound before the brick takes clients when the name is free (the usual
+    // case), so a client's first try finds it.
+    let early = SocketAddr::from_abstract_name(name.as_bytes())
+        .and_then(|a| UnixListener::bind_addr(&a))
+        .ok()
+        .map(Arc::new);
+    *listening.listener.lock() = early.clone();
+    let (slot, stop) = (listening.listener.clone(), listening.stop.clone());
     let spawned = std::thread::Builder::new()
         .name("kiln-handoff".into())
-        .spawn(move || accept_loop(&l, &st, tokens));
+        .spawn(move || {
+            let Some(l) = early.or_else(|| bind(&name, &stop)) else {
+                return;
+            };
+            *slot.lock() = Some(l.clone());
+            if !stop.load(Ordering::Acquire) {
+                accept_loop(&l, &stop, tokens);
+            }
+            *slot.lock() = None;
+        });
     if let Err(e) = spawned {
         tracing::warn!("local fd handoff off: cannot start its thread: {e}");
-        return None;
     }
-    Some(Listening { listener, stop })
+    listening
+}
+
+fn bind(name: &str, stop: &AtomicBool) -> Option<Arc<UnixListener>> {
+    let deadline = Instant::now() + BIND_PATIENCE;
+    loop {
+        let res = SocketAddr::from_abstract_name(name.as_bytes())
+            .and_then(|a| UnixListener::bind_addr(&a));
+        match res {
+            Ok(l) => return Some(Arc::new(l)),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && Instant::now() < deadline
+                    && !stop.load(Ordering::Acquire) =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                tracing::warn!(socket = %name, "local fd handoff off: cannot bind its socket: {e}");
+                return None;
+            }
+        }
+    }
 }
 
 fn accept_loop(listener: &UnixListener, stop: &AtomicBool, tokens: Arc<Tokens>) {
@@ -181,6 +221,40 @@ fn serve(mut stream: UnixStream, tokens: &Tokens) {
             return;
         }
     }
+}
+
+/// The client side of the socket protocol: sends `token` and returns the
+/// status byte and the descriptor that came with it, if any.
+pub fn exchange(
+    sock: &mut UnixStream,
+    token: &[u8; TOKEN_LEN],
+) -> std::io::Result<(u8, Option<std::os::fd::OwnedFd>)> {
+    use std::io::Write;
+    sock.write_all(token)?;
+    let mut status = [0u8; 1];
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
+    let got = rustix::net::recvmsg(
+        &*sock,
+        &mut [std::io::IoSliceMut::new(&mut status)],
+        &mut control,
+        rustix::net::RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let mut fd = None;
+    for msg in control.drain() {
+        if let rustix::net::RecvAncillaryMessage::ScmRights(fds) = msg {
+            for f in fds {
+                fd.get_or_insert(f);
+            }
+        }
+    }
+    if got.bytes != 1 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "handoff socket closed",
+        ));
+    }
+    Ok((status[0], fd))
 }
 
 fn send_fd(stream: &UnixStream, fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {

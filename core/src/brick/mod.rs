@@ -39,7 +39,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-pub use handoff::socket_name as handoff_socket_name;
+pub use handoff::{exchange as handoff_exchange, socket_name as handoff_socket_name};
 pub use info::{brick_info, BrickInfo};
 pub use prepare::prepare_brick_dir;
 pub(crate) use sys::iatt as iatt_of_stat;

@@ -6,8 +6,6 @@
 //! is up, so a dead brick fails the same way on both paths.
 
 use bytes::{Bytes, BytesMut};
-use std::io::{IoSliceMut, Write};
-use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixStream};
@@ -111,30 +109,9 @@ impl HandoffLink {
     }
 }
 
-/// Sends a token and receives the status byte and, if handed, the fd.
+/// Sends a token and receives the fd, if the brick handed it.
 fn exchange(sock: &mut UnixStream, token: &[u8; handoff::TOKEN_LEN]) -> FsResult<Option<OwnedFd>> {
-    sock.write_all(token)?;
-    let mut status = [0u8; 1];
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
-    let got = rustix::net::recvmsg(
-        &*sock,
-        &mut [IoSliceMut::new(&mut status)],
-        &mut control,
-        rustix::net::RecvFlags::CMSG_CLOEXEC,
-    )?;
-    let mut fd = None;
-    for msg in control.drain() {
-        if let rustix::net::RecvAncillaryMessage::ScmRights(fds) = msg {
-            for f in fds {
-                fd.get_or_insert(f);
-            }
-        }
-    }
-    if got.bytes != 1 {
-        return Err(FsError::Protocol("handoff socket closed".into()));
-    }
-    match (status[0], fd) {
+    match handoff::exchange(sock, token)? {
         (handoff::HANDED, Some(f)) => Ok(Some(f)),
         (handoff::REFUSED, _) => Ok(None),
         _ => Err(FsError::Protocol("bad handoff reply".into())),
