@@ -78,7 +78,6 @@ impl RpcProgram for NlmProgram {
         proc_: u32,
         args: &[u8],
     ) -> Result<Vec<u8>, ProcError> {
-        use proc4::*;
         let call = decode_nlm(proc_, args)
             .ok_or(ProcError::ProcUnavail)?
             .map_err(|e| {
@@ -86,15 +85,32 @@ impl RpcProgram for NlmProgram {
                 ProcError::GarbageArgs
             })?;
         let peer = peer_of(ctx);
+        // A `_MSG` form runs its synchronous procedure; the result goes
+        // back as the `_RES` call and the reply itself is void.
+        let Some((base, res)) = proc4::msg_form(proc_) else {
+            return self.run(ctx, &peer, proc_, call).await;
+        };
+        let body = self.run(ctx, &peer, base, call).await?;
+        reply_later(peer, self.mgr.pmap_port(), res, body);
+        Ok(Vec::new())
+    }
+}
+
+impl NlmProgram {
+    /// Runs synchronous procedure `proc_` (or takes a `_RES` / GRANTED
+    /// form a client sent) and encodes its result.
+    async fn run(
+        &self,
+        ctx: &CallContext,
+        peer: &Peer,
+        proc_: u32,
+        call: NlmCall,
+    ) -> Result<Vec<u8>, ProcError> {
+        use proc4::*;
         let mut w = XdrWriter::with_capacity(64);
         match (proc_, call) {
             (_, NlmCall::Null) => {}
-            (TEST, NlmCall::Test(a)) => self.mgr.test(&a, &peer).await.encode(&mut w),
-            (TEST_MSG, NlmCall::Test(a)) => {
-                self.mgr.test(&a, &peer).await.encode(&mut w);
-                reply_later(peer, self.mgr.pmap_port(), TEST_RES, w.into_bytes());
-                return Ok(Vec::new());
-            }
+            (TEST, NlmCall::Test(a)) => self.mgr.test(&a, peer).await.encode(&mut w),
             (GRANTED, NlmCall::Test(a)) => {
                 // We are a server: nothing here waits for a grant.
                 Res {
@@ -105,62 +121,35 @@ impl RpcProgram for NlmProgram {
             }
             (GRANTED_MSG, NlmCall::Test(_)) => {}
             (LOCK, NlmCall::Lock(a)) => Res {
-                stat: self.mgr.lock(&a, &peer).await,
+                stat: self.mgr.lock(&a, peer).await,
                 cookie: a.cookie,
             }
             .encode(&mut w),
             (NM_LOCK, NlmCall::Lock(a)) => Res {
-                stat: self.mgr.nm_lock(&a, &peer).await,
+                stat: self.mgr.nm_lock(&a, peer).await,
                 cookie: a.cookie,
             }
             .encode(&mut w),
-            (LOCK_MSG, NlmCall::Lock(a)) => {
-                Res {
-                    stat: self.mgr.lock(&a, &peer).await,
-                    cookie: a.cookie,
-                }
-                .encode(&mut w);
-                reply_later(peer, self.mgr.pmap_port(), LOCK_RES, w.into_bytes());
-                return Ok(Vec::new());
-            }
             (CANCEL, NlmCall::Cancel(a)) => Res {
-                stat: self.mgr.cancel(&a, &peer).await,
+                stat: self.mgr.cancel(&a, peer).await,
                 cookie: a.cookie,
             }
             .encode(&mut w),
-            (CANCEL_MSG, NlmCall::Cancel(a)) => {
-                Res {
-                    stat: self.mgr.cancel(&a, &peer).await,
-                    cookie: a.cookie,
-                }
-                .encode(&mut w);
-                reply_later(peer, self.mgr.pmap_port(), CANCEL_RES, w.into_bytes());
-                return Ok(Vec::new());
-            }
             (UNLOCK, NlmCall::Unlock(a)) => Res {
-                stat: self.mgr.unlock(&a, &peer).await,
+                stat: self.mgr.unlock(&a, peer).await,
                 cookie: a.cookie,
             }
             .encode(&mut w),
-            (UNLOCK_MSG, NlmCall::Unlock(a)) => {
-                Res {
-                    stat: self.mgr.unlock(&a, &peer).await,
-                    cookie: a.cookie,
-                }
-                .encode(&mut w);
-                reply_later(peer, self.mgr.pmap_port(), UNLOCK_RES, w.into_bytes());
-                return Ok(Vec::new());
-            }
             (_, NlmCall::TestRes(_)) => {}
             (GRANTED_RES, NlmCall::Res(r)) => {
                 tracing::debug!(peer = %ctx.peer, status = ?r.stat, "nlm: GRANTED_RES");
             }
             (_, NlmCall::Res(_)) => {}
             (SHARE, NlmCall::Share(a)) => {
-                self.mgr.monitor().note(&a.share.caller_name, &peer).await;
-                self.mgr.share(&a, &peer, false).encode(&mut w)
+                self.mgr.monitor().note(&a.share.caller_name, peer).await;
+                self.mgr.share(&a, peer, false).encode(&mut w)
             }
-            (UNSHARE, NlmCall::Share(a)) => self.mgr.share(&a, &peer, true).encode(&mut w),
+            (UNSHARE, NlmCall::Share(a)) => self.mgr.share(&a, peer, true).encode(&mut w),
             (FREE_ALL, NlmCall::FreeAll(n)) => {
                 self.mgr.free_all(&n.name, None).await;
             }

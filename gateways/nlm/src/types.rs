@@ -60,6 +60,19 @@ pub mod proc4 {
     pub const NM_LOCK: u32 = 22;
     /// NLM4_FREE_ALL.
     pub const FREE_ALL: u32 = 23;
+
+    /// An asynchronous `_MSG` procedure as (the synchronous procedure it
+    /// runs, the `_RES` procedure its result goes back in). GRANTED_MSG is
+    /// not one a server runs: nothing here waits for a grant.
+    pub fn msg_form(proc_: u32) -> Option<(u32, u32)> {
+        match proc_ {
+            TEST_MSG => Some((TEST, TEST_RES)),
+            LOCK_MSG => Some((LOCK, LOCK_RES)),
+            CANCEL_MSG => Some((CANCEL, CANCEL_RES)),
+            UNLOCK_MSG => Some((UNLOCK, UNLOCK_RES)),
+            _ => None,
+        }
+    }
 }
 
 /// `nlm4_stats`.
@@ -563,6 +576,27 @@ mod tests {
             svid: 42,
             offset: 10,
             len: 0,
+        }
+    }
+
+    #[test]
+    fn msg_forms_map_to_their_procedure_and_res() {
+        use proc4::*;
+        assert_eq!(msg_form(TEST_MSG), Some((TEST, TEST_RES)));
+        assert_eq!(msg_form(LOCK_MSG), Some((LOCK, LOCK_RES)));
+        assert_eq!(msg_form(CANCEL_MSG), Some((CANCEL, CANCEL_RES)));
+        assert_eq!(msg_form(UNLOCK_MSG), Some((UNLOCK, UNLOCK_RES)));
+        for p in [
+            NULL,
+            TEST,
+            LOCK,
+            GRANTED,
+            GRANTED_MSG,
+            LOCK_RES,
+            SHARE,
+            FREE_ALL,
+        ] {
+            assert_eq!(msg_form(p), None, "{p}");
         }
     }
 

@@ -471,6 +471,95 @@ async fn async_msg_forms_udp_and_refused_callback() {
         other => panic!("{other:?}"),
     }
 
+    // CANCEL_MSG (nothing of m's is waiting) and UNLOCK_MSG of m's range:
+    // each answered by its own _RES with the cookie; the unlock ran (a
+    // TEST_MSG of host n is granted now), then m locks again for below.
+    let mut w = XdrWriter::new();
+    CancArgs {
+        cookie: vec![0xcc],
+        block: true,
+        exclusive: true,
+        lock: lk(&fh, "m", 1, 0, 10),
+    }
+    .encode(&mut w);
+    assert!(c
+        .raw(proc4::CANCEL_MSG, w.as_bytes())
+        .await
+        .unwrap()
+        .is_empty());
+    let mut w = XdrWriter::new();
+    UnlockArgs {
+        cookie: vec![0xdd],
+        lock: lk(&fh, "m", 1, 0, 10),
+    }
+    .encode(&mut w);
+    assert!(c
+        .raw(proc4::UNLOCK_MSG, w.as_bytes())
+        .await
+        .unwrap()
+        .is_empty());
+    let mut got = Vec::new();
+    for what in ["CANCEL_RES", "UNLOCK_RES"] {
+        got.push(
+            tokio::time::timeout(Duration::from_secs(5), client.others.recv())
+                .await
+                .expect(what)
+                .unwrap(),
+        );
+    }
+    got.sort_by_key(|(p, _)| *p);
+    assert_eq!(
+        got,
+        [
+            (
+                proc4::CANCEL_RES,
+                NlmCall::Res(Res {
+                    cookie: vec![0xcc],
+                    stat: Nlm4Stat::Granted
+                })
+            ),
+            (
+                proc4::UNLOCK_RES,
+                NlmCall::Res(Res {
+                    cookie: vec![0xdd],
+                    stat: Nlm4Stat::Granted
+                })
+            )
+        ]
+    );
+    let mut w = XdrWriter::new();
+    TestArgs {
+        cookie: vec![2],
+        exclusive: true,
+        lock: lk(&fh, "n", 2, 5, 1),
+    }
+    .encode(&mut w);
+    c.raw(proc4::TEST_MSG, w.as_bytes()).await.unwrap();
+    let (p, call) = tokio::time::timeout(Duration::from_secs(5), client.others.recv())
+        .await
+        .expect("TEST_RES after the unlock")
+        .unwrap();
+    assert_eq!(p, proc4::TEST_RES);
+    match call {
+        NlmCall::TestRes(t) => assert_eq!(t.stat, Nlm4Stat::Granted, "m's lock is gone"),
+        other => panic!("{other:?}"),
+    }
+    let mut w = XdrWriter::new();
+    LockArgs {
+        cookie: vec![3],
+        block: false,
+        exclusive: true,
+        lock: lk(&fh, "m", 1, 0, 10),
+        reclaim: false,
+        state: 1,
+    }
+    .encode(&mut w);
+    let r = c.raw(proc4::LOCK, w.as_bytes()).await.unwrap();
+    assert_eq!(
+        Res::decode(&mut XdrReader::new(&r)).unwrap().stat,
+        Nlm4Stat::Granted
+    );
+
     // Over UDP too: a non-blocking LOCK of host n is DENIED.
     let mut w = XdrWriter::new();
     LockArgs {
