@@ -44,6 +44,7 @@ have showmount   || need+=(nfs-common)     # showmount -e/-a
 # its kernel package is fetched once into ~/.cache/kiln-knfs.
 have qemu-system-x86_64 || need+=(qemu-system-x86)
 [ -x /bin/busybox ]     || need+=(busybox-static)
+have arping             || need+=(iputils-arping)   # nfs_failover_kernel: the VIP's gratuitous ARP
 dpkg -s libacl1-dev >/dev/null 2>&1 || need+=(libacl1-dev)   # pjdfstest links libacl
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing: ${need[*]}"

@@ -277,7 +277,7 @@ impl NfsSupervisor {
         .map_err(|e| format!("cannot create run/log directories: {e}"))?;
         let volumes: Vec<String> = wanted.keys().cloned().collect();
         let launch = NfsLaunch {
-            listen: self.listen,
+            listen: gateway_listen(self.listen, wanted),
             mgmt: self.mgmt.clone(),
             volumes: volumes.clone(),
             log_file: self.log_file.clone(),
@@ -333,6 +333,18 @@ fn exported(cfg: &PoolConfig) -> BTreeMap<String, VolumeSpec> {
             (v.name.clone(), spec)
         })
         .collect()
+}
+
+/// The address the gateway binds: the server's, unless a served volume
+/// sets `nfs.bind-all` (then all addresses, for a floating service address).
+fn gateway_listen(listen: Option<IpAddr>, wanted: &BTreeMap<String, VolumeSpec>) -> Option<IpAddr> {
+    if wanted
+        .values()
+        .any(|s| crate::options::nfs_bind_all(&s.options))
+    {
+        return None;
+    }
+    listen
 }
 
 /// A digest of what the gateway serves.
@@ -431,6 +443,28 @@ mod tests {
             .options
             .insert("nfs.rpc-auth-allow".into(), "10.0.0.1".into());
         assert_ne!(fingerprint(&exported(&cfg)), fp2);
+    }
+
+    #[test]
+    fn bind_all_frees_the_gateway_from_the_server_address() {
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let mut cfg = PoolConfig::default();
+        for v in [
+            vol("a", VolumeStatus::Started, &[]),
+            vol("b", VolumeStatus::Stopped, &[("nfs.bind-all", "on")]),
+        ] {
+            cfg.volumes.insert(v.name.clone(), v);
+        }
+        assert_eq!(gateway_listen(Some(ip), &exported(&cfg)), Some(ip));
+        let fp = fingerprint(&exported(&cfg));
+        cfg.volumes
+            .get_mut("a")
+            .unwrap()
+            .options
+            .insert("nfs.bind-all".into(), "on".into());
+        assert_eq!(gateway_listen(Some(ip), &exported(&cfg)), None);
+        // Setting it restarts the gateway (a new fingerprint).
+        assert_ne!(fingerprint(&exported(&cfg)), fp);
     }
 
     #[test]

@@ -49,6 +49,7 @@ const TYPED: &[(&str, Kind)] = &[
     ("performance.quick-read", Kind::Bool),
     ("performance.stat-prefetch", Kind::Bool),
     ("nfs.disable", Kind::Bool),
+    ("nfs.bind-all", Kind::Bool),
     ("swift.enable", Kind::Bool),
     ("hdfs.enable", Kind::Bool),
     ("features.quota", Kind::Bool),
@@ -60,8 +61,22 @@ const TYPED: &[(&str, Kind)] = &[
 /// True if `nfs.disable` is set to a true spelling (`on`, `yes`, `true`,
 /// `enable`, `1`): the volume is not served by the servers' NFS gateways.
 pub fn nfs_disabled(options: &std::collections::BTreeMap<String, String>) -> bool {
+    is_on(options, "nfs.disable")
+}
+
+/// True if `nfs.bind-all` is on: the server's NFS gateway (which serves
+/// every exported volume, so one volume asking is enough, as GlusterFS's
+/// gluster/nfs options are) listens on all addresses of its host rather
+/// than the server's `--listen` one, so a floating service address (a VIP
+/// that keepalived or CTDB moves between servers) reaches it.
+pub fn nfs_bind_all(options: &std::collections::BTreeMap<String, String>) -> bool {
+    is_on(options, "nfs.bind-all")
+}
+
+/// True if option `key` is set to a true spelling.
+fn is_on(options: &std::collections::BTreeMap<String, String>, key: &str) -> bool {
     options
-        .get("nfs.disable")
+        .get(key)
         .map(|v| {
             matches!(
                 v.to_ascii_lowercase().as_str(),
@@ -173,6 +188,8 @@ mod tests {
         assert!(validate("cluster.quorum-type", "most").is_err());
         assert!(validate("performance.cache-size", "lots").is_err());
         assert!(validate("nfs.disable", "maybe").is_err());
+        assert!(validate("nfs.bind-all", "everywhere").is_err());
+        assert!(validate("nfs.bind-all", "on").is_ok());
         assert!(validate("performance.", "1").is_err());
     }
 }
