@@ -1,7 +1,7 @@
 //! `kiln up`: one command for a working single-server Kiln. Starts
-//! `kiln server` as a child, creates and starts a default distributed volume
-//! of several bricks under a data dir (once), prints how to mount it, and
-//! keeps serving until interrupted.
+//! `kiln server` as a child, creates and starts a default distributed (or,
+//! with `--replica N`, replicated) volume of several bricks under a data dir
+//! (once), prints how to mount it, and keeps serving until interrupted.
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -22,6 +22,10 @@ struct UpCmd {
     /// Name of the default volume.
     #[arg(long, default_value = "vol0")]
     volume: String,
+    /// Make the default volume replicated: copies of each file (the
+    /// bricks, a multiple of it, form replica sets, all on this disk).
+    #[arg(long)]
+    replica: Option<usize>,
 }
 
 /// Runs `kiln up` with the arguments after `up`.
@@ -30,6 +34,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         UpCmd::try_parse_from(std::iter::once("kiln up".to_string()).chain(args.iter().cloned()))?;
     if cmd.bricks == 0 {
         bail!("--bricks must be at least 1");
+    }
+    if let Some(r) = cmd.replica {
+        if r < 2 || cmd.bricks % r != 0 {
+            bail!(
+                "--replica {r} needs at least 2 copies and --bricks a multiple of it (--bricks is {})",
+                cmd.bricks
+            );
+        }
     }
     let exe = std::env::current_exe().context("finding the kiln executable")?;
     let state = cmd.data_dir.join("state");
@@ -89,6 +101,9 @@ fn set_up(exe: &PathBuf, cmd: &UpCmd, server: &mut Child) -> anyhow::Result<()> 
     let (exists, _) = cli(exe, &["volume", "info", &cmd.volume])?;
     if !exists {
         let mut args: Vec<String> = vec!["volume".into(), "create".into(), cmd.volume.clone()];
+        if let Some(r) = cmd.replica {
+            args.extend(["replica".to_string(), r.to_string()]);
+        }
         for i in 1..=cmd.bricks {
             let dir = cmd.data_dir.join("bricks").join(format!("brick{i}"));
             args.push(format!("{host}:{}", dir.display()));
