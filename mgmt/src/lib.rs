@@ -9,6 +9,7 @@
 mod add_brick;
 mod auth;
 mod brickfs;
+mod child_supervisor;
 mod cli;
 mod client;
 mod daemon;

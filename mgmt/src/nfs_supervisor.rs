@@ -1,35 +1,26 @@
 //! The server's NFS gateway, as GlusterFS runs gluster/nfs: ONE `kiln nfs`
 //! process per server serving every started volume whose `nfs.disable` is
-//! not on. Started with the first such volume, restarted when that set or
-//! a served volume's spec changes, stopped when none is left; its pid file
-//! is `STATE/run/nfs/nfs.pid`, beside the fingerprint of what it serves, so
-//! a restarted daemon adopts a gateway that still serves the right thing.
+//! not on (a `ChildSupervisor` child: started with the first such volume,
+//! restarted when that set or a served volume's spec changes, stopped when
+//! none is left, adopted across daemon restarts by `STATE/run/nfs/nfs.pid`).
 
 use kiln_config::{PoolConfig, VolumeStatus};
 use kiln_core::graph::VolumeSpec;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Mutex, Notify};
+use tokio::process::Child;
 
+use crate::child_supervisor::{ChildKind, ChildSupervisor};
 use crate::daemon::store::StoreHandle;
 use crate::proto::NfsServerState;
-use crate::supervisor::{read_pid, write_pid, BrickLauncher};
+use crate::supervisor::BrickLauncher;
 
 /// The NFS port the gateway serves first (and `volume status` shows).
 pub(crate) const NFS_PORT: u16 = 2049;
-/// How long a config must stay unchanged before the gateway follows it
-/// (a `volume start` commits the status, then each brick's port).
-const SETTLE: Duration = Duration::from_millis(300);
-/// Upper bound of that wait while changes keep coming.
-const SETTLE_MAX: Duration = Duration::from_secs(5);
-/// How long the gateway has to exit after SIGTERM before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// What the NFS gateway process is started with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,40 +37,44 @@ pub(crate) struct NfsLaunch {
     pub(crate) state_dir: PathBuf,
 }
 
-/// The gateway process this daemon runs or adopted.
-struct Proc {
-    pid: u32,
-    /// Set when our own child exited; `None` for an adopted process.
-    exited: Option<Arc<AtomicBool>>,
-    volumes: Vec<String>,
-    fingerprint: String,
+/// The gateway as a child kind: what it serves and how it starts.
+pub(crate) struct NfsGateway {
+    listen: Option<IpAddr>,
+    mgmt: String,
+    nfs_state_dir: PathBuf,
+    log_file: PathBuf,
+    launcher: Arc<dyn BrickLauncher>,
 }
 
-impl Proc {
-    fn alive(&self) -> bool {
-        match &self.exited {
-            Some(flag) => !flag.load(Ordering::SeqCst),
-            None => is_nfs_process(self.pid),
-        }
+impl ChildKind for NfsGateway {
+    type Wanted = VolumeSpec;
+    const NAME: &'static str = "nfs";
+    const WHAT: &'static str = "NFS gateway";
+    const NONE_WANTED: &'static str = "no volume to serve over NFS";
+
+    fn enabled(&self) -> bool {
+        self.launcher.runs_nfs()
     }
-}
 
-#[derive(Default)]
-struct State {
-    proc: Option<Proc>,
-    first_pass_done: bool,
+    fn wanted(&self, cfg: &PoolConfig) -> BTreeMap<String, VolumeSpec> {
+        exported(cfg)
+    }
+
+    fn launch(&self, wanted: &BTreeMap<String, VolumeSpec>) -> io::Result<Child> {
+        self.launcher.launch_nfs(&NfsLaunch {
+            listen: gateway_listen(self.listen, wanted),
+            mgmt: self.mgmt.clone(),
+            volumes: wanted.keys().cloned().collect(),
+            log_file: self.log_file.clone(),
+            state_dir: self.nfs_state_dir.clone(),
+        })
+    }
 }
 
 /// This server's NFS gateway.
 pub(crate) struct NfsSupervisor {
     listen: Option<IpAddr>,
-    mgmt: String,
-    run_dir: PathBuf,
-    nfs_state_dir: PathBuf,
-    log_file: PathBuf,
-    launcher: Arc<dyn BrickLauncher>,
-    state: Mutex<State>,
-    kick: Notify,
+    child: ChildSupervisor<NfsGateway>,
 }
 
 impl NfsSupervisor {
@@ -94,53 +89,32 @@ impl NfsSupervisor {
     ) -> Arc<NfsSupervisor> {
         let listen = listen.filter(|ip| !ip.is_unspecified());
         let mgmt_ip = listen.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        Arc::new(NfsSupervisor {
+        let log_file = log_dir.join("nfs.log");
+        let kind = NfsGateway {
             listen,
             mgmt: SocketAddr::new(mgmt_ip, mgmt_port).to_string(),
-            run_dir: state_dir.join("run").join("nfs"),
             nfs_state_dir: state_dir.join("nfs"),
-            log_file: log_dir.join("nfs.log"),
+            log_file: log_file.clone(),
             launcher,
-            state: Mutex::new(State::default()),
-            kick: Notify::new(),
+        };
+        Arc::new(NfsSupervisor {
+            listen,
+            child: ChildSupervisor::new(kind, state_dir, log_file),
         })
-    }
-
-    fn pid_file(&self) -> PathBuf {
-        self.run_dir.join("nfs.pid")
-    }
-
-    fn fingerprint_file(&self) -> PathBuf {
-        self.run_dir.join("nfs.spec")
     }
 
     /// Asks the supervision loop to check the gateway now (it restarts a
     /// gateway that died, as `volume start VOL force` does in GlusterFS).
     pub(crate) fn kick(&self) {
-        self.kick.notify_one();
+        self.child.kick();
     }
 
-    /// The gateway's state for `volume status`; `None` if this daemon runs
-    /// no gateway at all (its launcher cannot).
+    /// The gateway's state for `volume status` (online: runs and accepts on
+    /// 2049); `None` if this daemon runs no gateway at all (its launcher cannot).
     pub(crate) async fn state(&self) -> Option<NfsServerState> {
-        if !self.launcher.runs_nfs() {
-            return None;
-        }
-        let (pid, volumes) = {
-            let st = self.state.lock().await;
-            match &st.proc {
-                Some(p) if p.alive() => (Some(p.pid), p.volumes.clone()),
-                _ => (None, Vec::new()),
-            }
-        };
-        let online = pid.is_some() && self.accepts().await;
-        Some(NfsServerState {
-            host: String::new(),
-            port: NFS_PORT,
-            online,
-            pid,
-            volumes,
-        })
+        let mut state = self.child.status(NFS_PORT).await?;
+        state.online = state.online && self.accepts().await;
+        Some(state)
     }
 
     /// True if the NFS port accepts a TCP connection.
@@ -156,168 +130,9 @@ impl NfsSupervisor {
         )
     }
 
-    /// Follows the config until the store goes away: reconciles, then waits
-    /// for a change (or a kick) and for the config to settle.
+    /// Follows the config until the store goes away.
     pub(crate) async fn run(self: Arc<Self>, store: Arc<StoreHandle>) {
-        if !self.launcher.runs_nfs() {
-            return;
-        }
-        let mut rx = store.subscribe();
-        loop {
-            let cfg = rx.borrow_and_update().clone();
-            self.reconcile(&cfg).await;
-            tokio::select! {
-                r = rx.changed() => if r.is_err() { return },
-                _ = self.kick.notified() => {}
-            }
-            let deadline = tokio::time::Instant::now() + SETTLE_MAX;
-            loop {
-                match tokio::time::timeout(SETTLE, rx.changed()).await {
-                    Ok(Ok(())) if tokio::time::Instant::now() < deadline => continue,
-                    Ok(Ok(())) | Err(_) => break,
-                    Ok(Err(_)) => return,
-                }
-            }
-        }
-    }
-
-    /// Brings the gateway in line with `cfg`.
-    pub(crate) async fn reconcile(&self, cfg: &PoolConfig) {
-        let wanted = exported(cfg);
-        let mut st = self.state.lock().await;
-        let first = !std::mem::replace(&mut st.first_pass_done, true);
-        if wanted.is_empty() {
-            if let Some(p) = st.proc.take() {
-                tracing::info!(
-                    pid = p.pid,
-                    "no volume to serve over NFS: stopping the NFS gateway"
-                );
-                stop(&p).await;
-            } else if first {
-                self.stop_stray().await;
-            }
-            self.remove_files().await;
-            return;
-        }
-        let fp = fingerprint(&wanted);
-        if let Some(p) = &st.proc {
-            if p.alive() && p.fingerprint == fp {
-                return;
-            }
-        }
-        if st.proc.is_none() && first {
-            if let Some(p) = self.adoptable(&fp, &wanted).await {
-                tracing::info!(pid = p.pid, "adopting the running NFS gateway");
-                st.proc = Some(p);
-                return;
-            }
-            self.stop_stray().await;
-        }
-        if let Some(p) = st.proc.take() {
-            if p.alive() {
-                tracing::info!(pid = p.pid, volumes = ?wanted.keys().collect::<Vec<_>>(), "volumes or specs changed: restarting the NFS gateway");
-                stop(&p).await;
-            }
-        }
-        match self.launch(&wanted, &fp).await {
-            Ok(p) => st.proc = Some(p),
-            Err(e) => tracing::error!(error = %e, "cannot start the NFS gateway"),
-        }
-    }
-
-    /// A gateway left by an earlier daemon that serves exactly `wanted`.
-    async fn adoptable(&self, fp: &str, wanted: &BTreeMap<String, VolumeSpec>) -> Option<Proc> {
-        let pid = read_pid(&self.pid_file())?;
-        let saved = tokio::fs::read_to_string(self.fingerprint_file())
-            .await
-            .ok()?;
-        (is_nfs_process(pid) && saved.trim() == fp).then(|| Proc {
-            pid,
-            exited: None,
-            volumes: wanted.keys().cloned().collect(),
-            fingerprint: fp.to_string(),
-        })
-    }
-
-    /// Stops a gateway an earlier daemon left running (by the pid file).
-    async fn stop_stray(&self) {
-        if let Some(pid) = read_pid(&self.pid_file()).filter(|p| is_nfs_process(*p)) {
-            tracing::info!(pid, "stopping the NFS gateway an earlier daemon started");
-            stop(&Proc {
-                pid,
-                exited: None,
-                volumes: Vec::new(),
-                fingerprint: String::new(),
-            })
-            .await;
-        }
-    }
-
-    async fn remove_files(&self) {
-        let _ = tokio::fs::remove_file(self.pid_file()).await;
-        let _ = tokio::fs::remove_file(self.fingerprint_file()).await;
-    }
-
-    async fn launch(
-        &self,
-        wanted: &BTreeMap<String, VolumeSpec>,
-        fp: &str,
-    ) -> Result<Proc, String> {
-        let run_dir = self.run_dir.clone();
-        let log_dir = self.log_file.parent().map(Path::to_path_buf);
-        tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(run_dir)?;
-            match log_dir {
-                Some(d) => std::fs::create_dir_all(d),
-                None => Ok(()),
-            }
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot create run/log directories: {e}"))?;
-        let volumes: Vec<String> = wanted.keys().cloned().collect();
-        let launch = NfsLaunch {
-            listen: gateway_listen(self.listen, wanted),
-            mgmt: self.mgmt.clone(),
-            volumes: volumes.clone(),
-            log_file: self.log_file.clone(),
-            state_dir: self.nfs_state_dir.clone(),
-        };
-        let mut child = self
-            .launcher
-            .launch_nfs(&launch)
-            .map_err(|e| format!("cannot start the NFS gateway process: {e}"))?;
-        let pid = child.id().unwrap_or(0);
-        let (pid_file, fp_file) = (self.pid_file(), self.fingerprint_file());
-        let fp_text = format!("{fp}\n");
-        let written = tokio::task::spawn_blocking(move || -> io::Result<()> {
-            std::fs::write(&fp_file, fp_text)?;
-            write_pid(&pid_file, pid)
-        })
-        .await;
-        if !matches!(written, Ok(Ok(()))) {
-            tracing::warn!(file = %self.pid_file().display(), "cannot write the NFS gateway's pid file");
-        }
-        let exited = Arc::new(AtomicBool::new(false));
-        {
-            let exited = exited.clone();
-            let pid_file = self.pid_file();
-            tokio::spawn(async move {
-                let status = child.wait().await;
-                exited.store(true, Ordering::SeqCst);
-                tracing::warn!(pid, status = ?status, "NFS gateway process exited");
-                if read_pid(&pid_file) == Some(pid) {
-                    let _ = tokio::fs::remove_file(&pid_file).await;
-                }
-            });
-        }
-        tracing::info!(pid, volumes = ?volumes, log = %self.log_file.display(), "NFS gateway started");
-        Ok(Proc {
-            pid,
-            exited: Some(exited),
-            volumes,
-            fingerprint: fp.to_string(),
-        })
+        self.child.run(store).await
     }
 }
 
@@ -347,51 +162,10 @@ fn gateway_listen(listen: Option<IpAddr>, wanted: &BTreeMap<String, VolumeSpec>)
     listen
 }
 
-/// A digest of what the gateway serves.
-fn fingerprint(wanted: &BTreeMap<String, VolumeSpec>) -> String {
-    let bytes = bincode::serialize(wanted).unwrap_or_default();
-    hex::encode(Sha256::digest(&bytes))
-}
-
-/// True if `pid` is a live `kiln nfs` process (guards against a recycled pid).
-fn is_nfs_process(pid: u32) -> bool {
-    if !crate::supervisor::pid_runs(pid, "") {
-        return false;
-    }
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    // `kiln nfs ... --mgmt ...` (or `INTERPRETER SCRIPT nfs ...` in tests).
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    args.iter().take(4).any(|a| *a == b"nfs") && args.iter().any(|a| *a == b"--mgmt")
-}
-
-/// SIGTERM, then SIGKILL after `STOP_GRACE`.
-async fn stop(p: &Proc) {
-    let pid = p.pid as libc::pid_t;
-    if pid <= 0 || !p.alive() {
-        return;
-    }
-    // SAFETY: kill(2) with a positive pid checked to be our gateway.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let deadline = tokio::time::Instant::now() + STOP_GRACE;
-    while p.alive() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    if p.alive() {
-        tracing::warn!(pid, "NFS gateway did not stop on SIGTERM; sending SIGKILL");
-        // SAFETY: as above.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while p.alive() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::child_supervisor::fingerprint;
     use kiln_config::{BrickEntry, VolumeConfig};
     use kiln_core::graph::VolumeKind;
 
@@ -465,11 +239,5 @@ mod tests {
         assert_eq!(gateway_listen(Some(ip), &exported(&cfg)), None);
         // Setting it restarts the gateway (a new fingerprint).
         assert_ne!(fingerprint(&exported(&cfg)), fp);
-    }
-
-    #[test]
-    fn nfs_process_check() {
-        assert!(!is_nfs_process(std::process::id()));
-        assert!(!is_nfs_process(u32::MAX - 1));
     }
 }

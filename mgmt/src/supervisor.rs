@@ -617,22 +617,29 @@ pub(crate) fn pid_runs(pid: u32, needle: &str) -> bool {
 }
 
 async fn terminate(r: &Running) {
-    let pid = r.pid as libc::pid_t;
+    stop_process(r.pid, || r.alive(), "brick").await;
+}
+
+/// Stops process `pid` (ours, checked by the caller): SIGTERM, then
+/// SIGKILL if `alive` still says so after `STOP_GRACE`; waits up to 2 s
+/// more for it to go. `what` names it in the log.
+pub(crate) async fn stop_process(pid: u32, alive: impl Fn() -> bool, what: &str) {
+    let pid = pid as libc::pid_t;
     if pid <= 0 {
         return;
     }
-    // SAFETY: kill(2) with a positive pid checked to be our brick process.
+    // SAFETY: kill(2) with a positive pid the caller checked to be its child.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let deadline = tokio::time::Instant::now() + STOP_GRACE;
-    while r.alive() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    while alive() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    if r.alive() {
-        tracing::warn!(pid, "brick did not stop on SIGTERM; sending SIGKILL");
+    if alive() {
+        tracing::warn!(pid, "{what} did not stop on SIGTERM; sending SIGKILL");
         // SAFETY: as above.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while r.alive() && tokio::time::Instant::now() < deadline {
+        while alive() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
