@@ -12,6 +12,9 @@ pub const LAST_FRAGMENT: u32 = 1 << 31;
 
 /// Most bytes read from the socket into a record buffer at a time.
 const GROW_STEP: usize = 256 * 1024;
+/// Fragments up to this long get their whole buffer at once (no regrowth
+/// copies for a 1 MiB WRITE; pages not yet written are not resident).
+const UPFRONT_MAX: usize = 2 << 20;
 
 /// A record that cannot be read.
 #[derive(Debug, Error)]
@@ -70,6 +73,9 @@ pub async fn read_record<R: AsyncRead + Unpin>(
         let total = rec.len().saturating_add(len);
         if total > max {
             return Err(RecordError::TooLarge { len: total, max });
+        }
+        if total <= UPFRONT_MAX {
+            rec.reserve(total - rec.len());
         }
         while rec.len() < total {
             let step = (total - rec.len()).min(GROW_STEP);
