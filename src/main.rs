@@ -49,7 +49,28 @@ struct ServerCmd {
     log_dir: PathBuf,
 }
 
+/// Buffers up to this size come from the allocator's heap, not fresh mmaps.
+const MMAP_THRESHOLD: i32 = 32 << 20;
+/// Free memory kept at the top of the heap instead of returned at once.
+const TRIM_THRESHOLD: i32 = 256 << 20;
+
+/// Every kiln process moves data in buffers of up to 16 MiB (1 MiB NFS
+/// records, brick frames, FUSE writes). With glibc's defaults each one is a
+/// fresh mmap, faulted in and zeroed by the kernel page by page, then
+/// unmapped; the dynamic threshold only adapts after a while, so a new
+/// process writes at half speed until it does. Fixed thresholds keep such
+/// buffers in the heap, reused from the first request on.
+fn tune_allocator() {
+    // SAFETY: mallopt only changes allocator parameters; called before any
+    // thread is started.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+    }
+}
+
 fn main() {
+    tune_allocator();
     let argv: Vec<String> = std::env::args().collect();
     let prog = argv
         .first()
