@@ -232,6 +232,13 @@ fn kernel_client_follows_the_vip_to_another_server() {
             return;
         }
     };
+    // Checked before the guest mounts: a failed move would leave its hard
+    // mount hanging until the guest's timeout.
+    let arping = std::process::Command::new("arping").arg("-V").output();
+    assert!(
+        arping.is_ok(),
+        "arping missing: install iputils-arping (scripts/test.sh does)"
+    );
     let t0 = Instant::now();
     let c = Cluster::pool(2).unwrap();
     let (a, b) = (c.node(1), c.node(2));
