@@ -240,6 +240,7 @@ async fn index_heal_then_split_brain_resolution() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = vol.release(&fd).await;
+    vol.release_eager_locks().await;
     drop(vol);
     tv.restart(0).await;
 
@@ -313,6 +314,7 @@ async fn full_heal_fills_a_brick_added_to_the_set() {
     }
     write_file(&vol, sub, "deep", &[7u8; 200_000]).await;
     write_file(&vol, Gfid::ROOT, "top", b"top").await;
+    vol.release_eager_locks().await;
     drop(vol);
     assert!(!tv.at(2, "d").exists());
 
@@ -354,6 +356,7 @@ async fn an_entry_merge_from_two_copies_settles_the_third() {
     vol.wait_ready(Duration::from_secs(10)).await.unwrap();
     write_file(&vol, Gfid::ROOT, "m1", b"one").await;
     write_file(&vol, Gfid::ROOT, "m2", b"two").await;
+    vol.release_eager_locks().await;
     drop(vol);
     // Every copy of the root accuses itself (an entry operation cut short
     // everywhere): the heal merges the copies' entries.

@@ -12,8 +12,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use super::format;
+use super::index;
 use super::store::Store;
 use super::sys::{self, os, XTarget};
+use super::xattrop;
 use super::xattrs;
 use crate::error::{FsError, FsResult};
 use crate::gfid::Gfid;
@@ -267,6 +269,15 @@ impl Store {
             }
         };
         sys::set_xattr(xt, xattr_names::GFID, &inode.gfid.0, XattrFlags::empty())?;
+        // Born with a pending replicate counter (a create's pre-op): listed
+        // in the heal index before the counter exists, as `xattrop` does.
+        if inode
+            .xattrs
+            .iter()
+            .any(|(k, v)| k.starts_with(xattr_names::AFR_PREFIX) && xattrop::pending(v))
+        {
+            index::mark(self, inode.gfid)?;
+        }
         for (k, v) in &inode.xattrs {
             sys::set_xattr(xt, k, v, XattrFlags::empty())?;
         }

@@ -68,7 +68,7 @@ fn add(cur: &[i64], delta: &[i64]) -> FsResult<Vec<i64>> {
 
 /// True if an AFR counter value holds anything but zeros (a value that is
 /// not a counter array counts as pending: it needs a look).
-fn pending(v: &[u8]) -> bool {
+pub(crate) fn pending(v: &[u8]) -> bool {
     v.iter().any(|b| *b != 0)
 }
 

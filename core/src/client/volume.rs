@@ -419,6 +419,12 @@ impl Volume {
     }
 
     /// fsync.
+    /// Lets go of every lock this client holds eagerly (call before the
+    /// client goes away: unmount, gateway shutdown).
+    pub async fn release_eager_locks(&self) {
+        self.top.release_eager_locks().await
+    }
+
     pub async fn fsync(&self, fd: &Fd, datasync: bool) -> FsResult<()> {
         let b = self.bind(fd).await?;
         b.graph.top.fsync(&b.fd, datasync).await

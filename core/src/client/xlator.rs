@@ -127,6 +127,11 @@ pub trait Xlator: Send + Sync {
     /// fallocate(2).
     async fn fallocate(&self, fd: &Fd, mode: i32, offset: u64, len: u64) -> FsResult<()>;
 
+    /// Lets go of every lock this client holds eagerly (replicate's held
+    /// locks and delayed post-ops): for a client about to go away, so the
+    /// copies are left clean and unlocked at once.
+    async fn release_eager_locks(&self) {}
+
     // ---- Internal operations (translators only, never gateways) ----
 
     /// Internal lock on a byte range of `gfid` (replicate's transactions),

@@ -301,10 +301,20 @@ impl Xlator for Distribute {
     }
 
     async fn fsync(&self, fd: &Fd, datasync: bool) -> FsResult<()> {
-        match fd.state::<FileFd>() {
-            Some(f) => self.children[f.subvol].fsync(&f.child, datasync).await,
-            None => Ok(()),
+        if let Some(f) = fd.state::<FileFd>() {
+            return self.children[f.subvol].fsync(&f.child, datasync).await;
         }
+        // A directory: every subvolume's copy (replicate ends its entry
+        // hold there).
+        if let Some(d) = fd.state::<DirFd>() {
+            let jobs = d
+                .children
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| c.as_ref().map(|c| self.children[i].fsync(c, datasync)));
+            join_all(jobs).await;
+        }
+        Ok(())
     }
 
     async fn release(&self, fd: &Fd) -> FsResult<()> {
@@ -325,6 +335,10 @@ impl Xlator for Distribute {
 
     async fn opendir(&self, gfid: Gfid) -> FsResult<Fd> {
         self.open_dir(gfid).await
+    }
+
+    async fn release_eager_locks(&self) {
+        join_all(self.children.iter().map(|c| c.release_eager_locks())).await;
     }
 
     async fn readdir(

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use super::changelog::Slot;
+use super::eager::HoldKind;
 use super::inspect::best_error;
 use super::transaction::LockItem;
 use super::{DirFd, FileFd, Replicate};
@@ -16,7 +17,7 @@ use crate::client::xlator::Xlator;
 use crate::error::{FsError, FsResult};
 use crate::gfid::Gfid;
 use crate::iatt::{Iatt, SetAttr, Statvfs};
-use crate::proto::{DirEntry, FileLock, Loc, LockCmd, LockType, NewInode};
+use crate::proto::{DirEntry, FileLock, LockCmd, LockType};
 
 /// Flags that only make sense for the first open of a file.
 const CREATE_ONLY: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC;
@@ -84,9 +85,9 @@ impl Replicate {
         }
         let n = self.n();
         for _ in 0..8 {
-            let Some(held) = self.eager.enter(fd.gfid) else {
+            let Some(held) = self.eager.enter(HoldKind::Data, fd.gfid) else {
                 let cands: Vec<usize> = kids.iter().map(|(i, _)| *i).collect();
-                if self.eager_acquire(fd.gfid, &cands).await? {
+                if self.eager_acquire(HoldKind::Data, fd.gfid, &cands).await? {
                     continue;
                 }
                 break;
@@ -139,7 +140,7 @@ impl Replicate {
                     }
                 }
                 // Record the failure (post-op) before answering.
-                self.eager_release(fd.gfid).await;
+                self.eager_release(HoldKind::Data, fd.gfid).await;
             }
             if !self.quorum.met(&succeeded, n) {
                 return Err(FsError::ReadOnly);
@@ -195,7 +196,7 @@ impl Replicate {
             || attr.mtime.is_some();
         let spec = if attr.size.is_some() {
             // This client's eager lock would hold the truncate up.
-            self.eager_release(gfid).await;
+            self.eager_release(HoldKind::Data, gfid).await;
             let mut s = self.data_txn(gfid, 0, 0);
             if meta {
                 s.locks.push(LockItem::Inode {
@@ -262,101 +263,6 @@ impl Replicate {
         }))
     }
 
-    pub(super) async fn create_file(
-        &self,
-        loc: &Loc,
-        inode: &NewInode,
-        flags: i32,
-        exclusive: bool,
-    ) -> FsResult<(Iatt, Fd)> {
-        let spec = self.entry_txn(&[loc]);
-        let done = self
-            .transact(&spec, self.up(), |c| {
-                self.children[c].create(loc, inode, flags, exclusive)
-            })
-            .await?;
-        let iatt = done[0].1 .0.clone();
-        let mut slots = vec![None; self.n()];
-        for (c, (_, f)) in done {
-            slots[c] = Some(f);
-        }
-        self.note_new(
-            inode.gfid,
-            &slots.iter().map(Option::is_some).collect::<Vec<_>>(),
-        );
-        let st = FileFd::new(slots);
-        let gfid = iatt.gfid;
-        Ok((iatt, Fd::new(gfid, flags & !CREATE_ONLY, st)))
-    }
-
-    /// A new inode exists only where `made[i]`: the others are stale.
-    fn note_new(&self, gfid: Gfid, made: &[bool]) {
-        let behind: Vec<usize> = (0..self.n()).filter(|i| !made[*i]).collect();
-        self.forget(gfid);
-        self.mark_stale(gfid, &Slot::ALL, &behind);
-    }
-
-    /// mknod, mkdir, symlink: `op` on every child in one entry transaction.
-    pub(super) async fn new_entry<F, Fut>(
-        &self,
-        loc: &Loc,
-        inode: &NewInode,
-        op: F,
-    ) -> FsResult<Iatt>
-    where
-        F: Fn(Arc<dyn Xlator>) -> Fut,
-        Fut: Future<Output = FsResult<Iatt>>,
-    {
-        let spec = self.entry_txn(&[loc]);
-        let done = self
-            .transact(&spec, self.up(), |c| op(self.children[c].clone()))
-            .await?;
-        let made: Vec<bool> = (0..self.n())
-            .map(|i| done.iter().any(|(c, _)| *c == i))
-            .collect();
-        self.note_new(inode.gfid, &made);
-        first(done)
-    }
-
-    pub(super) async fn hard_link(&self, gfid: Gfid, loc: &Loc) -> FsResult<Iatt> {
-        let spec = self.entry_txn(&[loc]);
-        let done = self
-            .transact(&spec, self.up(), |c| self.children[c].link(gfid, loc))
-            .await?;
-        first(done)
-    }
-
-    /// unlink / rmdir. A copy already gone is fine as long as one existed.
-    pub(super) async fn remove(&self, loc: &Loc, dir: bool) -> FsResult<()> {
-        let spec = self.entry_txn(&[loc]);
-        let done = self
-            .transact(&spec, self.up(), |c| async move {
-                let r = if dir {
-                    self.children[c].rmdir(loc).await
-                } else {
-                    self.children[c].unlink(loc).await
-                };
-                match r {
-                    Ok(()) => Ok(true),
-                    Err(FsError::NotFound) => Ok(false),
-                    Err(e) => Err(e),
-                }
-            })
-            .await?;
-        if done.iter().any(|(_, removed)| *removed) {
-            Ok(())
-        } else {
-            Err(FsError::NotFound)
-        }
-    }
-
-    pub(super) async fn rename_entry(&self, from: &Loc, to: &Loc) -> FsResult<()> {
-        let spec = self.entry_txn(&[from, to]);
-        self.transact(&spec, self.up(), |c| self.children[c].rename(from, to))
-            .await?;
-        Ok(())
-    }
-
     pub(super) async fn open_file(&self, gfid: Gfid, flags: i32) -> FsResult<Fd> {
         let up = self.up();
         let base = flags & !libc::O_TRUNC;
@@ -391,10 +297,12 @@ impl Replicate {
         Fut: Future<Output = FsResult<()>>,
     {
         let Some(st) = fd.state::<FileFd>() else {
-            return Ok(()); // a directory
+            // A directory: an fsync ends this client's entry hold on it.
+            self.eager_release(HoldKind::Entry, fd.gfid).await;
+            return Ok(());
         };
         // Flush and fsync end the eager lock (post-op, unlock).
-        self.eager_release(fd.gfid).await;
+        self.eager_release(HoldKind::Data, fd.gfid).await;
         let kids: Vec<(usize, Fd)> = st
             .children
             .lock()
@@ -415,7 +323,7 @@ impl Replicate {
 
     pub(super) async fn release_fd(&self, fd: &Fd) -> FsResult<()> {
         let kids: Vec<(usize, Fd)> = if let Some(st) = fd.state::<FileFd>() {
-            self.eager_release(fd.gfid).await;
+            self.eager_release(HoldKind::Data, fd.gfid).await;
             st.children
                 .lock()
                 .iter()
@@ -561,7 +469,7 @@ impl Replicate {
 }
 
 /// The result of the first child where a transaction succeeded.
-fn first<T>(done: Vec<(usize, T)>) -> FsResult<T> {
+pub(super) fn first<T>(done: Vec<(usize, T)>) -> FsResult<T> {
     done.into_iter()
         .next()
         .map(|(_, v)| v)

@@ -12,6 +12,7 @@
 
 mod changelog;
 mod eager;
+mod entry_fops;
 mod fops;
 mod heal;
 mod heal_data;
@@ -398,6 +399,10 @@ impl Xlator for Replicate {
 
     async fn opendir(&self, gfid: Gfid) -> FsResult<Fd> {
         self.open_dir(gfid).await
+    }
+
+    async fn release_eager_locks(&self) {
+        self.eager.release_all().await;
     }
 
     async fn readdir(
