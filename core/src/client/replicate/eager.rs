@@ -265,8 +265,8 @@ impl EagerTable {
                     .xattrop(gfid, XattropOp::AddArray64, delta)
                     .await
                 {
-                    // A directory removed meanwhile has no counters left.
-                    Err(FsError::Stale | FsError::NotFound) if kind == HoldKind::Entry => {}
+                    // An inode removed meanwhile has no counters left.
+                    Err(FsError::Stale | FsError::NotFound) => {}
                     Err(e) if !e.is_disconnect() => {
                         tracing::warn!(child = self.children[*c].name(), %gfid, "post-op failed: {e}");
                     }

@@ -322,8 +322,9 @@ impl Replicate {
     }
 
     pub(super) async fn release_fd(&self, fd: &Fd) -> FsResult<()> {
+        let mut file = false;
         let kids: Vec<(usize, Fd)> = if let Some(st) = fd.state::<FileFd>() {
-            self.eager_release(HoldKind::Data, fd.gfid).await;
+            file = true;
             st.children
                 .lock()
                 .iter()
@@ -339,7 +340,19 @@ impl Replicate {
         } else {
             return Err(FsError::BadFd);
         };
-        join_all(kids.iter().map(|(i, f)| self.children[*i].release(f))).await;
+        // The eager lock's post-op and unlock go out first on each
+        // connection, the fd releases right behind them (a brick serves a
+        // connection's requests in order; locks are not tied to fds).
+        let hold = async {
+            if file {
+                self.eager_release(HoldKind::Data, fd.gfid).await;
+            }
+        };
+        futures::future::join(
+            hold,
+            join_all(kids.iter().map(|(i, f)| self.children[*i].release(f))),
+        )
+        .await;
         Ok(())
     }
 
