@@ -162,6 +162,9 @@ impl Volume {
             old.retain(|g| g.strong_count() > 0);
             old.push(Arc::downgrade(&previous));
         }
+        // The old graph's held locks (another client id to the bricks)
+        // would keep the new graph's operations waiting.
+        previous.top.release_eager_locks().await;
         drop(previous);
         tracing::info!("graph {number} active: {line}");
         Ok(true)
@@ -422,7 +425,7 @@ impl Volume {
     /// Lets go of every lock this client holds eagerly (call before the
     /// client goes away: unmount, gateway shutdown).
     pub async fn release_eager_locks(&self) {
-        self.top.release_eager_locks().await
+        self.xlator().release_eager_locks().await
     }
 
     pub async fn fsync(&self, fd: &Fd, datasync: bool) -> FsResult<()> {
