@@ -391,3 +391,60 @@ async fn two_clients_create_in_one_directory() {
     assert_eq!(seen, 2 * EACH);
     assert!(settles(&tv, &["d", ""]).await);
 }
+
+fn set_xattr(path: &Path, key: &str, value: &[u8]) {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(key).unwrap();
+    // SAFETY: valid C strings and a buffer of the given length.
+    let r = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr {key} on {}", path.display());
+}
+
+fn counters(c: [i64; 3]) -> Vec<u8> {
+    c.iter().flat_map(|x| x.to_be_bytes()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_left_half_made_by_a_brick_crash_is_healed() {
+    // What a brick killed in the middle of a create under an entry hold
+    // leaves: the name, its gfid and its born data counters, no handle;
+    // the other copy took the write and accuses it.
+    let tv = start_volume(2, 2, &[]).await;
+    let vol = mount(&tv).await;
+    let g = write_file(&vol, Gfid::ROOT, "half", b"written on brick 0").await;
+    vol.release_eager_locks().await;
+    drop(vol);
+    let handle = tv.at(1, &format!(".kiln/{}", g.handle_rel_path()));
+    std::fs::remove_file(&handle).unwrap();
+    std::fs::write(tv.at(1, "half"), b"").unwrap();
+    for k in 0..2 {
+        set_xattr(
+            &tv.at(1, "half"),
+            &format!("trusted.kiln.afr.{VOL}-client-{k}"),
+            &counters([1, 0, 0]),
+        );
+    }
+    set_xattr(
+        &tv.at(0, "half"),
+        &format!("trusted.kiln.afr.{VOL}-client-1"),
+        &counters([1, 0, 0]),
+    );
+    // A lookup by name makes the missing handle; the heal then reaches the
+    // copy by gfid and fills it from brick 0.
+    heal_by_lookup(&tv, &["/half"], || {
+        std::fs::read(tv.at(1, "half")).ok().as_deref() == Some(&b"written on brick 0"[..])
+            && all_zero(&tv, "half", &[0, 1])
+    })
+    .await;
+    assert!(handle.exists(), "the handle is back");
+    assert_eq!(gfid_of(&tv.at(1, "half")), Some(g.0.to_vec()));
+}

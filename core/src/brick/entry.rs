@@ -67,12 +67,27 @@ impl Store {
         }
         let dir = self.resolve_dir(loc.parent)?;
         let name = os(loc.name.as_bytes());
-        let st = rustix::fs::statat(&*dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+        let mut st = rustix::fs::statat(&*dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
         let p = sys::at_path(dir.as_fd(), loc.name.as_bytes());
         let gfid = match sys::get_gfid(XTarget::Path(&p))? {
             Some(g) => g,
             None => self.adopt(dir.as_fd(), loc, &st)?,
         };
+        // A non-directory always has its handle as a second link: one
+        // link only means the brick stopped in the middle of creating it
+        // (gfid set, handle not made yet). Make it now, or the inode stays
+        // out of reach by gfid (heals of it would fail for ever).
+        if st.st_nlink == 1 && sys::kind_of(&st) != FileKind::Directory && !gfid.is_null() {
+            match self.make_link_handle(dir.as_fd(), loc, gfid) {
+                Ok(()) => {
+                    tracing::info!(name = %loc.name, parent = %loc.parent, %gfid, "made the missing handle of a file");
+                    st = rustix::fs::statat(&*dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+                }
+                Err(e) => {
+                    tracing::warn!(name = %loc.name, parent = %loc.parent, %gfid, "cannot make the missing handle of a file: {e}")
+                }
+            }
+        }
         let x = xattrs::read_wanted(XTarget::Path(&p), want);
         Ok((sys::iatt(gfid, &st), x))
     }
