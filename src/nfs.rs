@@ -135,6 +135,7 @@ async fn serve(
             tracing::warn!(volume = %name, error = %e, "nfs: volume not ready yet; serving it anyway");
         }
     }
+    let served = vols.clone();
     let mut server = kiln_nfs3::serve_volumes(vols.clone(), cfg).await?;
     let mut nlm = match nlm_cfg {
         Some(c) => match kiln_nlm::serve_nlm(vols, c).await {
@@ -174,5 +175,23 @@ async fn serve(
     }
     drop(nlm);
     server.shutdown().await;
+    release_eager_locks(&served).await;
     result
 }
+
+/// Lets this gateway's eager locks go at once (their delayed post-ops
+/// leave the changelogs clean), instead of leaving them to the bricks.
+async fn release_eager_locks(vols: &[Arc<Volume>]) {
+    let mut all = tokio::task::JoinSet::new();
+    for v in vols {
+        let v = v.clone();
+        all.spawn(async move { v.release_eager_locks().await });
+    }
+    let done = async { while all.join_next().await.is_some() {} };
+    if tokio::time::timeout(RELEASE_LIMIT, done).await.is_err() {
+        tracing::warn!("eager locks not all released within {RELEASE_LIMIT:?}");
+    }
+}
+
+/// How long a stopping gateway or mount waits for its eager locks to go.
+const RELEASE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -214,6 +214,16 @@ fn serve(job: &Job, notifier: Option<&mut daemon::Notifier>) -> anyhow::Result<(
     });
     let r = mount.wait();
     tracing::info!("unmounted; exiting");
+    // Every request and background write has finished: let this client's
+    // eager locks go now (their delayed post-ops leave the changelogs
+    // clean) rather than leave them to the bricks.
+    let released = rt.block_on(tokio::time::timeout(
+        EAGER_RELEASE_LIMIT,
+        vol.release_eager_locks(),
+    ));
+    if released.is_err() {
+        tracing::warn!("eager locks not all released within {EAGER_RELEASE_LIMIT:?}");
+    }
     if let Some(p) = &job.opts.pid_file {
         let _ = std::fs::remove_file(p);
     }
@@ -223,6 +233,9 @@ fn serve(job: &Job, notifier: Option<&mut daemon::Notifier>) -> anyhow::Result<(
     rt.shutdown_background();
     r.context("serving the mount")
 }
+
+/// How long an ending mount waits for its eager locks to go.
+const EAGER_RELEASE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long a new graph is given to reach its bricks before it takes over.
 const SWITCH_READY: std::time::Duration = std::time::Duration::from_secs(10);
