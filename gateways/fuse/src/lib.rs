@@ -217,10 +217,10 @@ fn serve(job: &Job, notifier: Option<&mut daemon::Notifier>) -> anyhow::Result<(
     // Every request and background write has finished: let this client's
     // eager locks go now (their delayed post-ops leave the changelogs
     // clean) rather than leave them to the bricks.
-    let released = rt.block_on(tokio::time::timeout(
-        EAGER_RELEASE_LIMIT,
-        vol.release_eager_locks(),
-    ));
+    // (The timer is made inside the runtime.)
+    let released = rt.block_on(async {
+        tokio::time::timeout(EAGER_RELEASE_LIMIT, vol.release_eager_locks()).await
+    });
     if released.is_err() {
         tracing::warn!("eager locks not all released within {EAGER_RELEASE_LIMIT:?}");
     }
