@@ -6,200 +6,23 @@
 //! healed; two clients creating in one directory neither deadlock nor lose
 //! entries. Checked against the brick directories on disk.
 
-use bytes::Bytes;
-use kiln_core::brick::{prepare_brick_dir, serve_listener, BrickConfig};
 use kiln_core::client::{Caller, Volume};
-use kiln_core::graph::{BrickSpec, VolumeKind, VolumeSpec};
-use kiln_core::{Gfid, Name};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use kiln_core::Gfid;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-struct Brick {
-    path: PathBuf,
-    port: u16,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-struct TestVolume {
-    _dir: tempfile::TempDir,
-    id: String,
-    bricks: Vec<Brick>,
-    spec: VolumeSpec,
-}
+mod replica_util;
+use replica_util::*;
 
 const VOL: &str = "ev";
 
-async fn serve(path: &Path, id: &str, port: u16) -> (u16, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let cfg = BrickConfig {
-        volume: VOL.into(),
-        volume_id: id.to_string(),
-        label: format!("127.0.0.1:{}", path.display()),
-        path: path.to_path_buf(),
-        listen: format!("127.0.0.1:{port}").parse().unwrap(),
-    };
-    let task = tokio::spawn(async move {
-        let _ = serve_listener(cfg, listener).await;
-    });
-    (port, task)
-}
-
 async fn start_volume(n: usize, replica: usize, options: &[(&str, &str)]) -> TestVolume {
-    let dir = tempfile::tempdir().unwrap();
-    let id = uuid::Uuid::new_v4().to_string();
-    let mut bricks = Vec::new();
-    let mut specs = Vec::new();
-    for i in 0..n {
-        let path = dir.path().join(format!("brick{i}"));
-        prepare_brick_dir(&path, &id, true).unwrap();
-        let (port, task) = serve(&path, &id, 0).await;
-        specs.push(BrickSpec {
-            subvol: format!("{VOL}-client-{i}"),
-            host: "127.0.0.1".into(),
-            path: path.display().to_string(),
-            port,
-        });
-        bricks.push(Brick {
-            path,
-            port,
-            task: Some(task),
-        });
-    }
-    let mut opts = BTreeMap::new();
-    opts.insert("network.ping-timeout".to_string(), "5".to_string());
-    for (k, v) in options {
-        opts.insert(k.to_string(), v.to_string());
-    }
-    let spec = VolumeSpec {
-        name: VOL.into(),
-        id: id.clone(),
-        kind: VolumeKind::Replicate { replica },
-        bricks: specs,
-        options: opts,
-        generation: 1,
-    };
-    TestVolume {
-        _dir: dir,
-        id,
-        bricks,
-        spec,
-    }
-}
-
-impl TestVolume {
-    /// Kills brick `i` (its listener and connections go, as with kill -9).
-    async fn kill(&mut self, i: usize) {
-        if let Some(t) = self.bricks[i].task.take() {
-            t.abort();
-            let _ = t.await;
-        }
-    }
-
-    /// Serves brick `i` again on the same directory and port.
-    async fn restart(&mut self, i: usize) {
-        let b = &self.bricks[i];
-        let (_, task) = serve(&b.path, &self.id, b.port).await;
-        self.bricks[i].task = Some(task);
-    }
-
-    fn at(&self, i: usize, rel: &str) -> PathBuf {
-        self.bricks[i].path.join(rel)
-    }
-
-    /// Entries of the pending-heal index of brick `i`.
-    fn index(&self, i: usize) -> Vec<String> {
-        let mut v: Vec<String> = match std::fs::read_dir(self.at(i, ".kiln/indices/xattrop")) {
-            Ok(d) => d
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        v.sort();
-        v
-    }
-}
-
-async fn mount(tv: &TestVolume) -> Volume {
-    let vol = Volume::new(tv.spec.clone());
-    vol.wait_ready(Duration::from_secs(10))
-        .await
-        .expect("volume ready");
-    vol
-}
-
-fn name(s: &str) -> Name {
-    Name::new(s).unwrap()
-}
-
-fn xattr(path: &Path, key: &str) -> Option<Vec<u8>> {
-    use std::os::unix::ffi::OsStrExt;
-    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    let n = std::ffi::CString::new(key).unwrap();
-    let mut buf = vec![0u8; 256];
-    // SAFETY: valid C strings and a buffer of the given length.
-    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 {
-        return None;
-    }
-    buf.truncate(r as usize);
-    Some(buf)
-}
-
-fn gfid_of(path: &Path) -> Option<Vec<u8>> {
-    xattr(path, "trusted.kiln.gfid")
+    start_volume_named(VOL, n, replica, options).await
 }
 
 /// The changelog counters `path` holds against brick `n`.
-fn pending(path: &Path, n: usize) -> [i64; 3] {
-    let mut out = [0; 3];
-    if let Some(v) = xattr(path, &format!("trusted.kiln.afr.{VOL}-client-{n}")) {
-        for (i, c) in v.chunks_exact(8).take(3).enumerate() {
-            out[i] = i64::from_be_bytes(c.try_into().unwrap());
-        }
-    }
-    out
-}
-
-fn all_zero(tv: &TestVolume, rel: &str, bricks: &[usize]) -> bool {
-    bricks
-        .iter()
-        .all(|b| (0..tv.bricks.len()).all(|n| pending(&tv.at(*b, rel), n) == [0; 3]))
-}
-
-async fn write_file(vol: &Volume, parent: Gfid, n: &str, data: &[u8]) -> Gfid {
-    let (iatt, fd) = vol
-        .create(parent, &name(n), &Caller::ROOT, 0o644, libc::O_RDWR, false)
-        .await
-        .unwrap();
-    vol.write(&fd, 0, Bytes::copy_from_slice(data))
-        .await
-        .unwrap();
-    vol.release(&fd).await.unwrap();
-    iatt.gfid
-}
-
-/// Looks `path` up through a fresh client until `done` holds (the restarted
-/// brick is reconnected and the lookup healed it).
-async fn heal_by_lookup(tv: &TestVolume, paths: &[&str], done: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let vol = mount(tv).await;
-        for p in paths {
-            let _ = vol.resolve_path(p).await;
-        }
-        if done() {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "lookups did not heal {paths:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+fn pending(path: &std::path::Path, n: usize) -> [i64; 3] {
+    pending_in(VOL, path, n)
 }
 
 /// Waits (up to 5 s) until every counter of `rels` on every brick is zero
