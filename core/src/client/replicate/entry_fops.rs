@@ -45,7 +45,6 @@ impl Replicate {
         F: Fn(usize) -> Fut,
         Fut: Future<Output = FsResult<T>>,
     {
-        let n = self.n();
         let mut tries = 0;
         while self.eager_usable() && tries < 8 {
             let held = match self
@@ -69,49 +68,9 @@ impl Replicate {
                 }
             };
             let results = join_all(held.ready.iter().map(|c| op(*c))).await;
-            let mut done = Vec::new();
-            let mut errors = Vec::new();
-            for (c, r) in held.ready.iter().zip(results) {
-                match r {
-                    Ok(v) => done.push((*c, v)),
-                    Err(e) => errors.push((*c, e)),
-                }
-            }
-            if done.is_empty() {
-                // The same failure everywhere is the operation's answer.
-                drop(held);
-                let pick = errors
-                    .iter()
-                    .find(|(_, e)| !e.is_disconnect())
-                    .or(errors.first());
-                return Err(pick
-                    .map(|(_, e)| e.clone())
-                    .unwrap_or_else(|| FsError::NotConnected(self.name.clone())));
-            }
-            let failed: Vec<usize> = errors.iter().map(|(c, _)| *c).collect();
-            held.record_failures(&failed);
-            drop(held);
-            let succeeded: Vec<usize> = done.iter().map(|(c, _)| *c).collect();
-            let behind: Vec<usize> = (0..n).filter(|c| !succeeded.contains(c)).collect();
-            if !behind.is_empty() {
-                self.mark_stale(loc.parent, &[Slot::Entry], &behind);
-            }
-            if !failed.is_empty() {
-                for (c, e) in &errors {
-                    if !e.is_disconnect() {
-                        tracing::warn!(
-                            child = self.children[*c].name(),
-                            "operation failed on one copy only ({e}); it is accused for heal"
-                        );
-                    }
-                }
-                // Record the failure (post-op) before answering.
-                self.eager_release(HoldKind::Entry, loc.parent).await;
-            }
-            if !self.quorum.met(&succeeded, n) {
-                return Err(FsError::ReadOnly);
-            }
-            return Ok(done);
+            return self
+                .settle_held(held, results, HoldKind::Entry, loc.parent, Slot::Entry)
+                .await;
         }
         // This client's own hold would keep the transaction's lock out.
         self.eager_release(HoldKind::Entry, loc.parent).await;

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use super::changelog::Slot;
-use super::eager::HoldKind;
+use super::eager::{HoldKind, Inflight};
 use super::inspect::best_error;
 use super::transaction::LockItem;
 use super::{DirFd, FileFd, Replicate};
@@ -71,6 +71,67 @@ impl Replicate {
             .collect())
     }
 
+    /// Settles an operation run on the children of an eager hold
+    /// (`held.ready`, in order with `results`): the same failure everywhere
+    /// is the operation's answer; copies that failed are recorded on the
+    /// hold, every copy that did not succeed is marked stale in `slot` of
+    /// `gfid`, and a failure on some copies only lets the hold go at once
+    /// (its post-op records the accusation) before answering. EROFS when the
+    /// copies that succeeded are no quorum. The children where it
+    /// succeeded, with their results.
+    pub(super) async fn settle_held<T>(
+        &self,
+        held: Inflight,
+        results: Vec<FsResult<T>>,
+        kind: HoldKind,
+        gfid: Gfid,
+        slot: Slot,
+    ) -> FsResult<Vec<(usize, T)>> {
+        let n = self.n();
+        let mut done = Vec::new();
+        let mut errors = Vec::new();
+        for (c, r) in held.ready.iter().zip(results) {
+            match r {
+                Ok(v) => done.push((*c, v)),
+                Err(e) => errors.push((*c, e)),
+            }
+        }
+        if done.is_empty() {
+            drop(held);
+            let pick = errors
+                .iter()
+                .find(|(_, e)| !e.is_disconnect())
+                .or(errors.first());
+            return Err(pick
+                .map(|(_, e)| e.clone())
+                .unwrap_or_else(|| FsError::NotConnected(self.name.clone())));
+        }
+        let failed: Vec<usize> = errors.iter().map(|(c, _)| *c).collect();
+        held.record_failures(&failed);
+        drop(held);
+        let succeeded: Vec<usize> = done.iter().map(|(c, _)| *c).collect();
+        let behind: Vec<usize> = (0..n).filter(|c| !succeeded.contains(c)).collect();
+        if !behind.is_empty() {
+            self.mark_stale(gfid, &[slot], &behind);
+        }
+        if !failed.is_empty() {
+            for (c, e) in &errors {
+                if !e.is_disconnect() {
+                    tracing::warn!(
+                        child = self.children[*c].name(),
+                        "operation failed on one copy only ({e}); it is accused for heal"
+                    );
+                }
+            }
+            // Record the failure (post-op) before answering.
+            self.eager_release(kind, gfid).await;
+        }
+        if !self.quorum.met(&succeeded, n) {
+            return Err(FsError::ReadOnly);
+        }
+        Ok(done)
+    }
+
     /// A data operation through an open file: `op` on each child fd,
     /// under this client's eager lock of the inode (taken by the first
     /// operation, see `eager`).
@@ -83,7 +144,6 @@ impl Replicate {
         if !self.eager_on || tokio::runtime::Handle::try_current().is_err() {
             return self.fd_txn_plain(fd, &kids, start, len, op).await;
         }
-        let n = self.n();
         for _ in 0..8 {
             let Some(held) = self.eager.enter(HoldKind::Data, fd.gfid) else {
                 let cands: Vec<usize> = kids.iter().map(|(i, _)| *i).collect();
@@ -104,47 +164,9 @@ impl Replicate {
                 }
             }))
             .await;
-            let mut done = Vec::new();
-            let mut errors = Vec::new();
-            for (c, r) in held.ready.iter().zip(results) {
-                match r {
-                    Ok(v) => done.push((*c, v)),
-                    Err(e) => errors.push((*c, e)),
-                }
-            }
-            if done.is_empty() {
-                drop(held);
-                let pick = errors
-                    .iter()
-                    .find(|(_, e)| !e.is_disconnect())
-                    .or(errors.first());
-                return Err(pick
-                    .map(|(_, e)| e.clone())
-                    .unwrap_or_else(|| FsError::NotConnected(self.name.clone())));
-            }
-            let failed: Vec<usize> = errors.iter().map(|(c, _)| *c).collect();
-            held.record_failures(&failed);
-            drop(held);
-            let succeeded: Vec<usize> = done.iter().map(|(c, _)| *c).collect();
-            let behind: Vec<usize> = (0..n).filter(|c| !succeeded.contains(c)).collect();
-            if !behind.is_empty() {
-                self.mark_stale(fd.gfid, &[Slot::Data], &behind);
-            }
-            if !failed.is_empty() {
-                for (c, e) in &errors {
-                    if !e.is_disconnect() {
-                        tracing::warn!(
-                            child = self.children[*c].name(),
-                            "operation failed on one copy only ({e}); it is accused for heal"
-                        );
-                    }
-                }
-                // Record the failure (post-op) before answering.
-                self.eager_release(HoldKind::Data, fd.gfid).await;
-            }
-            if !self.quorum.met(&succeeded, n) {
-                return Err(FsError::ReadOnly);
-            }
+            let done = self
+                .settle_held(held, results, HoldKind::Data, fd.gfid, Slot::Data)
+                .await?;
             return first(done);
         }
         self.fd_txn_plain(fd, &kids, start, len, op).await
