@@ -8,7 +8,7 @@
 //! limit.
 
 use bytes::Bytes;
-use kiln_core::brick::{prepare_brick_dir, serve_listener, BrickConfig};
+use kiln_core::brick::prepare_brick_dir;
 use kiln_core::client::protocol::{ProtocolClient, ProtocolOptions};
 use kiln_core::client::replicate::{Quorum, Replicate};
 use kiln_core::client::{Caller, Volume, Xlator};
@@ -16,30 +16,15 @@ use kiln_core::graph::{BrickSpec, VolumeKind, VolumeSpec};
 use kiln_core::{Gfid, Name};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod replica_util;
+use replica_util::{serve, xattr};
+
 const VOL: &str = "bv";
 const BLOCK: u64 = 128 << 10;
-
-async fn serve(path: &Path, id: &str, port: u16) -> (u16, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let cfg = BrickConfig {
-        volume: VOL.into(),
-        volume_id: id.to_string(),
-        label: format!("127.0.0.1:{}", path.display()),
-        path: path.to_path_buf(),
-        listen: format!("127.0.0.1:{port}").parse().unwrap(),
-    };
-    let task = tokio::spawn(async move {
-        let _ = serve_listener(cfg, listener).await;
-    });
-    (port, task)
-}
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -62,7 +47,7 @@ async fn setup_with(eager_lock: Option<&str>) -> Setup {
     for i in 0..2 {
         let path = dir.path().join(format!("brick{i}"));
         prepare_brick_dir(&path, &id, true).unwrap();
-        let (port, task) = serve(&path, &id, 0).await;
+        let (port, task) = serve(VOL, &path, &id, 0).await;
         specs.push(BrickSpec {
             subvol: format!("{VOL}-client-{i}"),
             host: "127.0.0.1".into(),
@@ -117,7 +102,7 @@ impl Setup {
     }
 
     async fn restart(&mut self, i: usize) {
-        let (_, t) = serve(&self.paths[i], &self.id, self.ports[i]).await;
+        let (_, t) = serve(VOL, &self.paths[i], &self.id, self.ports[i]).await;
         self.tasks[i] = Some(t);
     }
 
@@ -275,20 +260,6 @@ async fn only_differing_blocks_are_copied() {
             }
         }
     }
-}
-
-fn xattr(path: &Path, key: &str) -> Option<Vec<u8>> {
-    use std::os::unix::ffi::OsStrExt;
-    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    let n = std::ffi::CString::new(key).unwrap();
-    let mut buf = vec![0u8; 256];
-    // SAFETY: valid C strings and a buffer of the given length.
-    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 {
-        return None;
-    }
-    buf.truncate(r as usize);
-    Some(buf)
 }
 
 /// The data counter brick `b`'s copy of `rel` holds against brick `n`.
